@@ -1,0 +1,1 @@
+"""FillProbRollout operator: runbook 32 as a Kubernetes controller."""
