@@ -1,0 +1,42 @@
+# FillProbRollout operator. `make help` lists the targets.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export GOTOOLCHAIN := local
+
+.PHONY: help venv test test-unit test-integration test-e2e lint-imports testbed-build testbed-up testbed-down run demo
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: .venv/.installed ## create the project venv with pinned dependencies
+
+lint-imports: venv ## the pure domain imports no kopf/kubernetes/prometheus client
+	.venv/bin/lint-imports
+
+test-unit: venv ## fast pure tests
+	$(PY) -m pytest tests/unit -q
+
+test-integration: venv ## kopf handlers against fakes
+	$(PY) -m pytest tests/integration -q
+
+test-e2e: venv ## needs the testbed (make testbed-up) or KUBECONFIG
+	$(PY) -m pytest tests/e2e -q
+
+test: venv lint-imports ## unit, integration and e2e tiers (brings the testbed up if needed)
+	$(PY) -m pytest tests/unit tests/integration -q
+	./testbed/up.sh
+	$(PY) -m pytest tests/e2e -q
+
+testbed-build: ## build the testbed's binaries into .testbed/cache (first time: minutes)
+	./testbed/build.sh
+
+testbed-up: venv ## start the local cluster, Prometheus and Alertmanager
+	./testbed/up.sh
+
+testbed-down: ## stop everything the testbed started
+	./testbed/down.sh
