@@ -1,0 +1,1 @@
+"""Operator scripts shipped with the grinder simulator (runbook 32 Phase 0)."""
