@@ -3,7 +3,7 @@
 Pure file checks: structure, fields, defaults, printer columns, CEL hygiene, and the
 regular expressions the CEL rules use. The CEL rules themselves run only in a real API
 server: tests/e2e/test_crd_validation.py. Schema-level examples are validated with
-`jsonschema` when it is installed (it is not a pinned dependency; those tests skip otherwise).
+`jsonschema` and `cel-python` (pinned test dependencies).
 """
 
 from __future__ import annotations
@@ -434,7 +434,7 @@ DELETE = object()
 
 @pytest.fixture(scope="module")
 def validator(root_schema):
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     schema = to_json_schema(root_schema)
     schema["properties"]["metadata"] = {"type": "object"}
     return jsonschema.Draft7Validator(schema)
@@ -496,7 +496,7 @@ K8S_ONLY = ("isURL(", "url(", "oldSelf")
 
 def cel_violations(schema: dict[str, Any], value: Any) -> list[str]:
     """Messages of the rules `value` breaks, walking the schema as the API server does."""
-    celpy = pytest.importorskip("celpy")
+    import celpy
     env = celpy.Environment()
     broken = []
     for v in schema.get("x-kubernetes-validations", []):
