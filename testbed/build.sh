@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Build (or reuse) what the testbed needs:
+#  - Debian packages: prometheus-alertmanager, openssl, curl, iproute2 (installed when missing)
+#  - the multi-call Go binary testbed/cluster -> .testbed/cache/bin/cluster, with symlinks
+#    kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd;
+#  - Prometheus 2.x from its Go module (testbed/prometheus) -> .testbed/cache/bin/prometheus:
+#    Debian bookworm's `prometheus` package is built without kubernetes_sd_configs.
+# The first build compiles ~2,700 + ~1,300 Go packages: about 10 minutes on 2 cores (cold cache).
+# Later runs reuse a binary while it is newer than its module's go.mod, go.sum and main.go.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+mkdir -p "$TB_BIN" "$TB_CACHE/logs"
+APT_LOG="$TB_CACHE/logs/apt.log"
+CLUSTER_SRC="$TB_SRC/cluster"
+PROMETHEUS_SRC="$TB_SRC/prometheus"
+BINARY="$TB_BIN/cluster"
+COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubectl etcd"
+
+# ---------------------------------------------------------------- Debian packages
+step_apt() {
+  local missing=()
+  command -v prometheus-alertmanager >/dev/null || missing+=("prometheus-alertmanager=$TB_ALERTMANAGER_DEB")
+  command -v openssl >/dev/null || missing+=("openssl")
+  command -v curl >/dev/null || missing+=("curl")
+  command -v ss >/dev/null || missing+=("iproute2")
+  if [ ${#missing[@]} -eq 0 ]; then
+    tb_step "Debian packages: present (alertmanager $(prometheus-alertmanager --version 2>&1 | head -1 | awk '{print $3}'), $(openssl version | cut -d' ' -f1-2))"
+    return
+  fi
+  tb_step "Debian packages: installing ${missing[*]}"
+  [ "$(id -u)" = 0 ] || tb_fail "apt-get install" "not root; install ${missing[*]} by hand" ""
+  # prometheus-alertmanager ships an init script; keep it from starting a daemon on the default port.
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  {
+    apt-get update -q &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  } >"$APT_LOG" 2>&1 || {
+    tb_warn "pinned install failed (see $APT_LOG); retrying with the candidate versions"
+    local unpinned=("${missing[@]%%=*}")
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${unpinned[@]}" >>"$APT_LOG" 2>&1 || {
+      [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+      tb_fail "apt-get install ${unpinned[*]}" "apt-get exited non-zero" "$APT_LOG"
+    }
+  }
+  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  tb_info "installed: $(prometheus-alertmanager --version 2>&1 | head -1)"
+}
+
+# ---------------------------------------------------------------- Go binaries
+# fresh BINARY SRC_DIR: the binary is newer than the module's go.mod, go.sum and main.go (when present).
+fresh() {
+  local bin="$1" dir="$2" f
+  [ -x "$bin" ] || return 1
+  for f in "$dir/go.mod" "$dir/go.sum" "$dir/main.go"; do
+    [ -e "$f" ] || continue
+    [ "$bin" -nt "$f" ] || return 1
+  done
+}
+
+k8s_ldflags() {
+  local p out="-s -w"
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    out+=" -X $p.gitVersion=$TB_K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=36"
+    out+=" -X $p.gitTreeState=clean -X $p.buildDate=2026-01-01T00:00:00Z"
+  done
+  echo "$out"
+}
+
+prometheus_ldflags() {
+  local p=github.com/prometheus/common/version
+  echo "-s -w -X $p.Version=$TB_PROMETHEUS_VERSION -X $p.Revision=v0.${TB_PROMETHEUS_VERSION#2.} -X $p.Branch=HEAD -X $p.BuildUser=testbed -X $p.BuildDate=20260101-00:00:00"
+}
+
+check_go() {
+  command -v go >/dev/null || tb_fail "go toolchain" "go not found on PATH (need go 1.26)" ""
+  GOVERSION_FOUND=$(go env GOVERSION)
+  case "$GOVERSION_FOUND" in go1.26*) ;; *) tb_fail "go toolchain" "found $GOVERSION_FOUND, need go1.26.x (GOTOOLCHAIN=local)" "" ;; esac
+}
+
+# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES
+build_go() {
+  local label="$1" dir="$2" pkg="$3" out="$4" ld="$5" minutes="$6"
+  local log="$TB_CACHE/logs/go-build-$label.log" modlog="$TB_CACHE/logs/go-mod-download-$label.log"
+  if fresh "$out" "$dir"; then
+    tb_step "$label: cached ($out is newer than ${dir#"$TB_REPO/"}/go.mod, go.sum)"
+    return
+  fi
+  check_go
+  tb_step "$label: go mod download (module cache: $(go env GOMODCACHE); log: $modlog)"
+  (cd "$dir" && go mod download -x) >"$modlog" 2>&1 ||
+    tb_fail "$label: go mod download" "could not fetch the modules pinned in ${dir#"$TB_REPO/"}/go.sum" "$modlog"
+  local total
+  total=$( (cd "$dir" && go list -deps "$pkg") 2>>"$modlog" | wc -l) ||
+    tb_fail "$label: go list" "package graph of $pkg does not resolve" "$modlog"
+
+  tb_step "$label: go build $pkg ($GOVERSION_FOUND, $total packages; cold cache: about $minutes min on 2 cores; log: $log)"
+  local tmp="$out.tmp.$$" start rc bpid last=-1 n
+  start=$(date +%s)
+  (cd "$dir" && exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  bpid=$!
+  while kill -0 $bpid 2>/dev/null; do
+    n=$(grep -c -v -e '^#' -e ': ' "$log" 2>/dev/null || true)
+    if [ "$n" != "$last" ]; then
+      tb_info "[$label] $n/$total packages compiled (the rest cached or pending), $(( $(date +%s) - start ))s elapsed"
+      last=$n
+    fi
+    sleep 10 & wait $! 2>/dev/null || true
+  done
+  wait $bpid && rc=0 || rc=$?
+  if [ $rc -ne 0 ]; then
+    rm -f "$tmp"
+    tb_fail "$label: go build $pkg" "go build exited $rc after $(( $(date +%s) - start ))s" "$log"
+  fi
+  mv -f "$tmp" "$out"
+  tb_info "built $out ($(du -h "$out" | cut -f1)) in $(( $(date +%s) - start ))s"
+}
+
+step_go() {
+  build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 5-10
+  build_go prometheus "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 3-6
+}
+
+step_links() {
+  local c
+  for c in $COMMANDS; do
+    ln -sfn cluster "$TB_BIN/$c"
+  done
+  local v
+  v=$("$TB_BIN/kubectl" version --client 2>&1) || tb_fail "check binary" "kubectl version --client failed: $v" ""
+  v=${v%%$'\n'*}
+  case "$v" in *"$TB_K8S_VERSION"*) ;; *) tb_fail "check binary" "binary reports '$v', expected $TB_K8S_VERSION" "" ;; esac
+  local pv
+  pv=$("$TB_BIN/prometheus" --version 2>&1) || tb_fail "check binary" "$TB_BIN/prometheus --version failed: $pv" ""
+  pv=${pv%%$'\n'*}
+  tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}"
+}
+
+step_apt
+step_go
+step_links
+tb_step "build done in $(tb_elapsed)"

@@ -1,0 +1,78 @@
+# Shared settings and helpers for testbed/build.sh, up.sh and down.sh (sourced, not run).
+# shellcheck shell=bash
+
+TB_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TB_SRC="$TB_REPO/testbed"
+TB_DIR="$TB_REPO/.testbed"
+TB_CACHE="$TB_DIR/cache"
+TB_BIN="$TB_CACHE/bin"
+TB_RUN="$TB_DIR/run"
+TB_PKI="$TB_RUN/pki"
+TB_PIDS="$TB_RUN/pids"
+TB_LOGS="$TB_RUN/logs"
+TB_ENV="$TB_DIR/env"
+TB_GRINDER="/tmp/fillprob-testbed"
+
+# Pinned versions (kept in one place; go.mod pins the Go side).
+TB_K8S_VERSION="v1.36.3"
+TB_PROMETHEUS_VERSION="2.55.1" # Go module github.com/prometheus/prometheus v0.55.1 (testbed/prometheus)
+TB_ALERTMANAGER_DEB="0.25.0-1+b4"
+
+# Fixed loopback addresses (see notes/common.md).
+TB_ETCD_CLIENT="127.0.0.1:23790"
+TB_ETCD_PEER="127.0.0.1:23800"
+TB_APISERVER="127.0.0.1:6443"
+TB_CM_PORT=10257
+TB_SCHED_PORT=10259
+TB_NODE_LISTEN="127.0.0.1:10250"
+TB_NODE_NAME="procnode"
+TB_PROM="127.0.0.1:19090"
+TB_AM="127.0.0.1:19093"
+TB_DEFAULT_WEBHOOK="http://127.0.0.1:19094/alerts"
+TB_PORTS="23790 23800 6443 10257 10259 10250 19090 19093"
+
+# Order of start; down stops in reverse.
+TB_COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler procnode alertmanager prometheus"
+
+export GOTOOLCHAIN=local
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
+TB_T0=$(date +%s)
+
+if [ -t 1 ]; then TB_B=$'\033[1m' TB_R=$'\033[31m' TB_Y=$'\033[33m' TB_N=$'\033[0m'; else TB_B="" TB_R="" TB_Y="" TB_N=""; fi
+
+tb_elapsed() { echo "$(( $(date +%s) - TB_T0 ))s"; }
+tb_step() { printf '%s==> [%s] %s%s\n' "$TB_B" "$(tb_elapsed)" "$*" "$TB_N"; }
+tb_info() { printf '    %s\n' "$*"; }
+tb_warn() { printf '%sWARNING: %s%s\n' "$TB_Y" "$*" "$TB_N" >&2; }
+
+# tb_fail STEP WHY [LOG]: say which step failed, why, and the tail of its log; exit 1.
+tb_fail() {
+  local step="$1" why="$2" log="${3:-}"
+  printf '%sFAILED step: %s%s\n  why: %s\n' "$TB_R" "$step" "$TB_N" "$why" >&2
+  if [ -n "$log" ] && [ -f "$log" ]; then
+    printf '  last 40 lines of %s:\n' "$log" >&2
+    tail -n 40 "$log" | sed 's/^/    | /' >&2
+  fi
+  exit 1
+}
+
+# tb_pid_alive NAME: true when the pid in pids/NAME.pid is a live process.
+tb_pid_alive() {
+  local f="$TB_PIDS/$1.pid" pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# tb_wait_until DEADLINE_SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds.
+tb_wait_until() {
+  local deadline=$(( $(date +%s) + $1 )) what="$2"
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      return 1
+    fi
+    sleep 0.5
+  done
+}
