@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export GOTOOLCHAIN := local
 
-.PHONY: help venv test test-unit test-integration test-e2e lint-imports testbed-build testbed-up testbed-down run demo
+.PHONY: help venv test test-unit test-integration test-e2e lint-imports testbed-build testbed-up testbed-down run demo chart-crds
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -40,3 +40,17 @@ testbed-up: venv ## start the local cluster, Prometheus and Alertmanager
 
 testbed-down: ## stop everything the testbed started
 	./testbed/down.sh
+
+# FILLPROB_NAMESPACES=a,b watches those namespaces, else all. Without KUBECONFIG set, the
+# testbed's .testbed/env (KUBECONFIG, PROMETHEUS_URL) is used when present.
+run: venv ## run the operator against the current KUBECONFIG (FILLPROB_NAMESPACES=a,b to limit)
+	@if [ -z "$${KUBECONFIG:-}" ] && [ -f .testbed/env ]; then . ./.testbed/env; fi; \
+	scope="--all-namespaces"; \
+	if [ -n "$${FILLPROB_NAMESPACES:-}" ]; then \
+	  scope=$$(printf -- '--namespace %s ' $$(echo "$$FILLPROB_NAMESPACES" | tr ',' ' ')); \
+	fi; \
+	echo "kopf run -m fillprob_operator.handlers $$scope (KUBECONFIG=$${KUBECONFIG:-~/.kube/config})"; \
+	exec .venv/bin/kopf run -m fillprob_operator.handlers $$scope
+
+chart-crds: ## copy crds/ into the chart (CI fails when they differ)
+	./scripts/sync-chart-crds.sh

@@ -4,7 +4,9 @@
 #  - the multi-call Go binary testbed/cluster -> .testbed/cache/bin/cluster, with symlinks
 #    kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd;
 #  - Prometheus 2.x from its Go module (testbed/prometheus) -> .testbed/cache/bin/prometheus:
-#    Debian bookworm's `prometheus` package is built without kubernetes_sd_configs.
+#    Debian bookworm's `prometheus` package is built without kubernetes_sd_configs;
+#  - helm v3 from its Go module (testbed/helm, version pinned in its go.mod) -> .testbed/cache/bin/helm,
+#    for the chart tests (helm lint/template) and installing charts/fillprob-operator.
 # The first build compiles ~2,700 + ~1,300 Go packages: about 10 minutes on 2 cores (cold cache).
 # Later runs reuse a binary while it is newer than its module's go.mod, go.sum and main.go.
 set -euo pipefail
@@ -15,6 +17,7 @@ mkdir -p "$TB_BIN" "$TB_CACHE/logs"
 APT_LOG="$TB_CACHE/logs/apt.log"
 CLUSTER_SRC="$TB_SRC/cluster"
 PROMETHEUS_SRC="$TB_SRC/prometheus"
+HELM_SRC="$TB_SRC/helm"
 BINARY="$TB_BIN/cluster"
 COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubectl etcd"
 
@@ -76,6 +79,22 @@ prometheus_ldflags() {
   echo "-s -w -X $p.Version=$TB_PROMETHEUS_VERSION -X $p.Revision=v0.${TB_PROMETHEUS_VERSION#2.} -X $p.Branch=HEAD -X $p.BuildUser=testbed -X $p.BuildDate=20260101-00:00:00"
 }
 
+# go_mod_version DIR MODULE: the version of MODULE that DIR/go.mod requires.
+go_mod_version() {
+  awk -v m="$2" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$1/go.mod"
+}
+
+# What helm's own Makefile sets: its version, and the Kubernetes version `helm lint` and
+# `helm template` assume (from the client-go that helm's go.mod pins: v0.34 -> 1.34).
+helm_ldflags() {
+  local hv kv
+  hv=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
+  kv=$(go_mod_version "$HELM_SRC" k8s.io/client-go)
+  kv=${kv#v0.}
+  kv=${kv%%.*}
+  echo "-s -w -X helm.sh/helm/v3/internal/version.version=$hv -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kv -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kv"
+}
+
 check_go() {
   command -v go >/dev/null || tb_fail "go toolchain" "go not found on PATH (need go 1.26)" ""
   GOVERSION_FOUND=$(go env GOVERSION)
@@ -123,6 +142,7 @@ build_go() {
 step_go() {
   build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 5-10
   build_go prometheus "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 3-6
+  build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
 }
 
 step_links() {
@@ -137,7 +157,11 @@ step_links() {
   local pv
   pv=$("$TB_BIN/prometheus" --version 2>&1) || tb_fail "check binary" "$TB_BIN/prometheus --version failed: $pv" ""
   pv=${pv%%$'\n'*}
-  tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}"
+  local hv want
+  hv=$("$TB_BIN/helm" version --short 2>&1) || tb_fail "check binary" "$TB_BIN/helm version failed: $hv" ""
+  want=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
+  case "$hv" in "$want"*) ;; *) tb_fail "check binary" "helm reports '$hv', expected $want (testbed/helm/go.mod)" "" ;; esac
+  tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}, helm ${hv%%+*}"
 }
 
 step_apt

@@ -1,0 +1,680 @@
+"""The Kubernetes adapter: read the Deployment, patch its env, run the preflight Job.
+
+Two halves. The module-level functions are pure: they take and return plain JSON-shaped
+dicts (camelCase, as `kubectl get -o json` shows them) and are unit-tested on their own.
+`KubernetesAdapter` does the I/O with the official client, every call in a thread with a
+timeout, and turns `ApiException` into results: 404 -> None / absent, 409 on create -> fine,
+anything else -> `KubernetesError` (the reconciler skips the tick and tries again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import os
+import re
+import socket
+from concurrent.futures import Executor
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from kubernetes.client.exceptions import ApiException
+
+from .clock import SystemClock
+from ..domain.actions import EmitEvent, PatchEnv, RunPreflight
+from ..domain.observations import (
+    DeploymentObservation,
+    JobState,
+    PodStartup,
+    PreflightObservation,
+)
+
+logger = logging.getLogger("fillprob_operator.kubernetes")
+
+GROUP = "grinder.io"
+VERSION = "v1alpha1"
+PLURAL = "fillprobrollouts"
+KIND = "FillProbRollout"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+RESTART_TOKEN_ANNOTATION = "grinder.io/restart-token"
+ROLLBACK_ANNOTATION = "grinder.io/rollback"
+ROLLBACK_REASON_ANNOTATION = "grinder.io/rollback-reason"
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH = "pod-template-hash"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+PREFLIGHT_CONTAINER = "preflight"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "fillprob-operator"}
+
+STARTUP_TOKENS = (
+    "FILL_PROB_THRESHOLD_RESOLUTION_OK",
+    "FILL_PROB_THRESHOLD_RESOLUTION_FAILED",
+    "THRESHOLD_RESOLVE_SKIPPED",
+)
+CIRCUIT_BREAKER_TOKEN = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED"
+_STARTUP_RE = re.compile(r"\b(?:" + "|".join(STARTUP_TOKENS) + r")\b.*")
+_CB_RE = re.compile(r"\b" + CIRCUIT_BREAKER_TOKEN + r"\b.*")
+
+# The startup line is near the head of a pod's log; circuit-breaker trips anywhere.
+LOG_HEAD_BYTES = 256 * 1024
+LOG_TAIL_LINES = 2000
+PREFLIGHT_LOG_BYTES = 64 * 1024
+PREFLIGHT_TTL_SECONDS = 24 * 3600
+
+
+class KubernetesError(Exception):
+    """The API server did not answer usefully (unreachable, timeout, 5xx, forbidden)."""
+
+
+# --------------------------------------------------------------------------------------
+# Pure helpers on JSON-shaped objects
+# --------------------------------------------------------------------------------------
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    return bool(uid) and any(ref.get("uid") == uid for ref in _meta(obj).get("ownerReferences") or ())
+
+
+def pod_template_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def managed_container(deployment: Mapping[str, Any], name: str | None) -> Mapping[str, Any] | None:
+    """The named container, or the first one when no name is given (API.md `containerName`)."""
+    containers = pod_template_spec(deployment).get("containers") or []
+    if not name:
+        return containers[0] if containers else None
+    return next((c for c in containers if c.get("name") == name), None)
+
+
+def env_literals(container: Mapping[str, Any]) -> dict[str, str | None]:
+    """Literal env values; an entry with `valueFrom` maps to None (its value is not ours to read)."""
+    env: dict[str, str | None] = {}
+    for entry in container.get("env") or ():
+        env[entry["name"]] = None if entry.get("valueFrom") else entry.get("value", "")
+    return env
+
+
+def restart_token(deployment: Mapping[str, Any]) -> str | None:
+    template_meta = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (template_meta.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == type_),
+        None,
+    )
+
+
+def rollout_status(deployment: Mapping[str, Any]) -> tuple[bool, str]:
+    """Finished exactly as `kubectl rollout status` means it (kubectl's DeploymentStatusViewer)."""
+    name = _meta(deployment).get("name", "")
+    generation = _meta(deployment).get("generation") or 0
+    status = deployment.get("status") or {}
+    if generation > (status.get("observedGeneration") or 0):
+        return False, "Waiting for deployment spec update to be observed"
+    progressing = _condition(deployment, "Progressing")
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return False, f"deployment {name!r} exceeded its progress deadline"
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    updated = status.get("updatedReplicas") or 0
+    replicas = status.get("replicas") or 0
+    available = status.get("availableReplicas") or 0
+    if updated < desired:
+        return False, f"{updated} out of {desired} new replicas have been updated"
+    if replicas > updated:
+        return False, f"{replicas - updated} old replicas are pending termination"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas are available"
+    return True, f"deployment {name!r} successfully rolled out"
+
+
+def _revision(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((_meta(obj).get("annotations") or {}).get(REVISION_ANNOTATION, "0"))
+    except ValueError:
+        return 0
+
+
+def newest_replica_set(
+    deployment: Mapping[str, Any], replica_sets: Iterable[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The Deployment's ReplicaSet with the highest `deployment.kubernetes.io/revision`."""
+    owned = [rs for rs in replica_sets if _owned_by(rs, _meta(deployment).get("uid"))]
+    return max(owned, key=_revision, default=None)
+
+
+def replica_set_pods(
+    replica_set: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Live pods of that ReplicaSet (owned by it, same pod-template-hash), oldest first."""
+    rs_hash = (_meta(replica_set).get("labels") or {}).get(POD_TEMPLATE_HASH)
+    selected = [
+        pod
+        for pod in pods
+        if _owned_by(pod, _meta(replica_set).get("uid"))
+        and (_meta(pod).get("labels") or {}).get(POD_TEMPLATE_HASH) == rs_hash
+        and not _meta(pod).get("deletionTimestamp")
+    ]
+    return sorted(selected, key=lambda p: (_meta(p).get("creationTimestamp") or "", _meta(p)["name"]))
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    ready = _condition(pod, "Ready")
+    return bool(ready) and ready.get("status") == "True"
+
+
+def label_selector(match_labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+
+
+def parse_startup_log(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """(first threshold-resolution line, every circuit-breaker line) of a pod log.
+
+    Lines may carry a logger prefix (timestamp, level); what is returned starts at the token.
+    """
+    resolution: str | None = None
+    trips: list[str] = []
+    for raw in text.splitlines():
+        line = raw.rstrip("\r")
+        if resolution is None:
+            found = _STARTUP_RE.search(line)
+            if found:
+                resolution = found.group(0).strip()
+        trip = _CB_RE.search(line)
+        if trip:
+            trips.append(trip.group(0).strip())
+    return resolution, tuple(trips)
+
+
+def env_patch_body(container: Mapping[str, Any], action: PatchEnv) -> dict[str, Any]:
+    """ONE strategic-merge patch: the managed keys of one container, plus the restart marker.
+
+    Strategic merge merges `containers` by name and `env` by name, so every other container
+    and every other env entry is left as it is. An entry that had `valueFrom` gets it removed
+    (`valueFrom: null`) so that the literal value is valid.
+    """
+    current = {e["name"]: e for e in container.get("env") or ()}
+    env: list[dict[str, Any]] = []
+    for key, value in action.set_env.items():
+        old = current.get(key)
+        if old is not None and not old.get("valueFrom") and old.get("value", "") == value:
+            continue
+        entry: dict[str, Any] = {"name": key, "value": value}
+        if old is not None and old.get("valueFrom"):
+            entry["valueFrom"] = None
+        env.append(entry)
+    for key in action.remove_env:
+        if key in current and key not in action.set_env:
+            env.append({"name": key, "$patch": "delete"})
+    template: dict[str, Any] = {}
+    if env:
+        template["spec"] = {"containers": [{"name": container["name"], "env": env}]}
+    if action.restart_token:
+        template["metadata"] = {"annotations": {RESTART_TOKEN_ANNOTATION: action.restart_token}}
+    return {"spec": {"template": template}}
+
+
+def unmanaged_changes(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    container_name: str,
+    managed_keys: Iterable[str],
+) -> list[str]:
+    """What changed outside the managed env keys of the managed container (should be nothing)."""
+    managed = set(managed_keys)
+    problems: list[str] = []
+    old = {c["name"]: c for c in pod_template_spec(before).get("containers") or ()}
+    new = {c["name"]: c for c in pod_template_spec(after).get("containers") or ()}
+    if set(old) != set(new):
+        problems.append(f"containers changed: {sorted(old)} -> {sorted(new)}")
+    for name in set(old) & set(new):
+        if name != container_name:
+            if old[name] != new[name]:
+                problems.append(f"container {name!r} changed")
+            continue
+        old_env = {e["name"]: e for e in old[name].get("env") or () if e["name"] not in managed}
+        new_env = {e["name"]: e for e in new[name].get("env") or () if e["name"] not in managed}
+        if old_env != new_env:
+            changed = sorted(k for k in set(old_env) | set(new_env) if old_env.get(k) != new_env.get(k))
+            problems.append(f"unmanaged env changed in {name!r}: {changed}")
+        rest_old = {k: v for k, v in old[name].items() if k != "env"}
+        rest_new = {k: v for k, v in new[name].items() if k != "env"}
+        if rest_old != rest_new:
+            problems.append(f"container {name!r} changed outside env")
+    return problems
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner.get("kind", KIND),
+        "name": _meta(owner)["name"],
+        "uid": _meta(owner)["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def preflight_job_body(
+    owner: Mapping[str, Any], deployment: Mapping[str, Any], action: RunPreflight
+) -> dict[str, Any]:
+    """The Phase 0.2 Job: the managed container's image, env and volumes, the preflight command."""
+    container = managed_container(deployment, action.container)
+    if container is None:
+        raise KubernetesError(
+            f"container {action.container!r} not found in Deployment {_meta(deployment).get('name')!r}"
+        )
+    pod_spec = pod_template_spec(deployment)
+    labels = {
+        **MANAGED_BY,
+        "app.kubernetes.io/component": "preflight",
+        "grinder.io/fillprobrollout": _meta(owner)["name"],
+    }
+    job_container: dict[str, Any] = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": container["image"],
+        "command": list(action.command),
+    }
+    # `args` is deliberately not copied: it would be appended to the preflight command.
+    for key in ("imagePullPolicy", "env", "envFrom", "volumeMounts", "workingDir",
+                "securityContext", "resources"):
+        if container.get(key):
+            job_container[key] = container[key]
+    template_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [job_container]}
+    for key in ("volumes", "serviceAccountName", "nodeSelector", "tolerations",
+                "imagePullSecrets", "securityContext", "automountServiceAccountToken"):
+        if pod_spec.get(key) is not None and pod_spec.get(key) != []:
+            template_spec[key] = pod_spec[key]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": action.job_name,
+            "namespace": _meta(owner).get("namespace"),
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": int(action.timeout_seconds),
+            "ttlSecondsAfterFinished": PREFLIGHT_TTL_SECONDS,
+            "template": {"metadata": {"labels": labels}, "spec": template_spec},
+        },
+    }
+
+
+def job_state(job: Mapping[str, Any] | None) -> JobState:
+    if job is None:
+        return JobState.ABSENT
+    for type_, state in (("Complete", JobState.SUCCEEDED), ("Failed", JobState.FAILED)):
+        cond = _condition(job, type_)
+        if cond and cond.get("status") == "True":
+            return state
+    return JobState.RUNNING
+
+
+def terminated_exit_code(pod: Mapping[str, Any], container: str = PREFLIGHT_CONTAINER) -> int | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+        if status.get("name") == container:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated is not None and terminated.get("exitCode") is not None:
+                return int(terminated["exitCode"])
+    return None
+
+
+def event_body(
+    owner: Mapping[str, Any], event: EmitEvent, now: datetime, component: str, instance: str
+) -> dict[str, Any]:
+    meta = _meta(owner)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    return {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": owner.get("apiVersion", API_VERSION),
+            "kind": owner.get("kind", KIND),
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# I/O
+# --------------------------------------------------------------------------------------
+
+
+class KubernetesAdapter:
+    """CoreV1 / AppsV1 / BatchV1 / CustomObjects, each call in `executor` with a timeout."""
+
+    def __init__(
+        self,
+        *,
+        core: Any,
+        apps: Any,
+        batch: Any,
+        custom: Any,
+        to_dict: Callable[[Any], Any],
+        executor: Executor | None = None,
+        timeout: float = 30.0,
+        clock: Any = None,
+        component: str = "fillprob-operator",
+        instance: str | None = None,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.core, self.apps, self.batch, self.custom = core, apps, batch, custom
+        self._to_dict = to_dict
+        self._executor = executor
+        self._timeout = timeout
+        self._clock = clock if clock is not None else SystemClock()
+        self._component = component
+        self._instance = instance or socket.gethostname()
+        self._close = close
+        # A pod's startup line never changes once logged: remember it by pod uid.
+        self._resolution_lines: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    @classmethod
+    def from_api_client(cls, api_client: Any, **kwargs: Any) -> "KubernetesAdapter":
+        from kubernetes import client
+
+        return cls(
+            core=client.CoreV1Api(api_client),
+            apps=client.AppsV1Api(api_client),
+            batch=client.BatchV1Api(api_client),
+            custom=client.CustomObjectsApi(api_client),
+            to_dict=api_client.sanitize_for_serialization,
+            close=api_client.close,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", self._timeout)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        what = getattr(fn, "__name__", "call")
+        try:
+            return await asyncio.wait_for(future, self._timeout + 5)
+        except ApiException:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise KubernetesError(f"{what}: timed out after {self._timeout}s") from exc
+        except Exception as exc:  # urllib3/socket errors: the API server is unreachable
+            raise KubernetesError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        """A GET that maps 404 to None and other API errors to KubernetesError."""
+        try:
+            return self._to_dict(await self._call(fn, *args, **kwargs))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubernetesError(f"{getattr(fn, '__name__', 'read')}: {exc.status} {exc.reason}") from exc
+
+    async def _list(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        result = await self._read(fn, *args, **kwargs)
+        return list((result or {}).get("items") or [])
+
+    # -- the FillProbRollout itself ------------------------------------------------------
+
+    async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+
+    async def patch_rollout_status(
+        self, namespace: str, name: str, status_patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        try:
+            return self._to_dict(
+                await self._call(
+                    self.custom.patch_namespaced_custom_object_status,
+                    GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status_patch)},
+                    _content_type="application/merge-patch+json",
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubernetesError(f"patch status {namespace}/{name}: {exc.status} {exc.reason}") from exc
+
+    async def clear_rollback_annotation(
+        self, namespace: str, name: str, expected: str, *, with_reason: bool = False
+    ) -> bool:
+        """Remove `grinder.io/rollback` only if it still holds `expected` (a JSON-patch test):
+        a new request written meanwhile is not lost."""
+        path = "/metadata/annotations/" + ROLLBACK_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": path, "value": expected},
+            {"op": "remove", "path": path},
+        ]
+        if with_reason:
+            reason_path = "/metadata/annotations/" + ROLLBACK_REASON_ANNOTATION.replace("/", "~1")
+            ops.append({"op": "remove", "path": reason_path})
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object,
+                GROUP, VERSION, namespace, PLURAL, name, ops,
+                _content_type="application/json-patch+json",
+            )
+            return True
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # gone, or the annotation changed meanwhile
+                return False
+            raise KubernetesError(f"clear annotation {namespace}/{name}: {exc.status} {exc.reason}") from exc
+
+    async def emit_event(self, owner: Mapping[str, Any], event: EmitEvent) -> None:
+        body = event_body(owner, event, self._clock.now(), self._component, self._instance)
+        try:
+            await self._call(self.core.create_namespaced_event, _meta(owner)["namespace"], body)
+        except ApiException as exc:
+            raise KubernetesError(f"create event: {exc.status} {exc.reason}") from exc
+
+    # -- the Deployment ------------------------------------------------------------------
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read(self.apps.read_namespaced_deployment, name, namespace)
+
+    async def observe_deployment(
+        self, namespace: str, name: str, container_name: str | None
+    ) -> DeploymentObservation:
+        deployment = await self.read_deployment(namespace, name)
+        if deployment is None:
+            return DeploymentObservation(exists=False, rollout_message=f"Deployment {name!r} not found")
+        container = managed_container(deployment, container_name)
+        complete, message = rollout_status(deployment)
+        status = deployment.get("status") or {}
+        new_pods: tuple[PodStartup, ...] = ()
+        if container is not None:
+            new_pods = await self._new_pods(namespace, deployment, container["name"])
+        else:
+            message = f"container {container_name!r} not found; {message}"
+        return DeploymentObservation(
+            exists=True,
+            generation=_meta(deployment).get("generation") or 0,
+            observed_generation=status.get("observedGeneration") or 0,
+            container_names=tuple(c["name"] for c in pod_template_spec(deployment).get("containers") or ()),
+            env=env_literals(container) if container is not None else {},
+            restart_token=restart_token(deployment),
+            rollout_complete=complete,
+            rollout_message=message,
+            new_pods=new_pods,
+        )
+
+    async def _new_pods(
+        self, namespace: str, deployment: Mapping[str, Any], container: str
+    ) -> tuple[PodStartup, ...]:
+        match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = label_selector(match_labels)
+        replica_sets = await self._list(
+            self.apps.list_namespaced_replica_set, namespace, label_selector=selector
+        )
+        newest = newest_replica_set(deployment, replica_sets)
+        if newest is None:
+            return ()
+        rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
+        pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
+        pods = replica_set_pods(
+            newest, await self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector)
+        )
+        return tuple(
+            await asyncio.gather(*(self._pod_startup(namespace, pod, container) for pod in pods))
+        )
+
+    async def _pod_log(
+        self, namespace: str, pod: str, container: str, *, strict: bool = False, **kwargs: Any
+    ) -> str:
+        """The log text; "" when there is none yet (container waiting, pod gone).
+
+        Other failures raise when `strict`; otherwise they read as "no log this time" (a pod
+        log that cannot be read is missing data: it must not stop the metric gates).
+        """
+        try:
+            text = await self._call(
+                self.core.read_namespaced_pod_log, pod, namespace, container=container, **kwargs
+            )
+        except (ApiException, KubernetesError) as exc:
+            status = getattr(exc, "status", None)
+            if status in (400, 404):
+                return ""
+            if strict:
+                raise KubernetesError(f"read log {namespace}/{pod}: {exc}") from exc
+            logger.warning("event=pod_log_unreadable namespace=%s pod=%s error=%r", namespace, pod, str(exc))
+            return ""
+        return text.decode(errors="replace") if isinstance(text, bytes) else str(text or "")
+
+    async def _pod_startup(self, namespace: str, pod: Mapping[str, Any], container: str) -> PodStartup:
+        name = _meta(pod)["name"]
+        uid = _meta(pod).get("uid") or name
+        resolution = self._resolution_lines.get(uid)
+        if resolution is None:
+            resolution, _ = parse_startup_log(
+                await self._pod_log(namespace, name, container, limit_bytes=LOG_HEAD_BYTES)
+            )
+            if resolution is not None:
+                self._resolution_lines[uid] = resolution
+                while len(self._resolution_lines) > 4096:
+                    self._resolution_lines.popitem(last=False)
+        _, trips = parse_startup_log(
+            await self._pod_log(namespace, name, container, tail_lines=LOG_TAIL_LINES)
+        )
+        return PodStartup(pod=name, ready=pod_ready(pod), resolution_line=resolution, circuit_breaker_lines=trips)
+
+    async def patch_env(self, namespace: str, name: str, action: PatchEnv) -> bool:
+        """Apply the env change and restart marker; False when already applied (or gone).
+
+        Re-reads the Deployment first: if it already carries `action.restart_token`, a previous
+        run of this step got as far as the patch (crash safety), so nothing is done twice.
+        """
+        deployment = await self.read_deployment(namespace, name)
+        if deployment is None:
+            return False
+        if action.restart_token and restart_token(deployment) == action.restart_token:
+            return False
+        container = managed_container(deployment, action.container)
+        if container is None:
+            raise KubernetesError(f"container {action.container!r} not found in Deployment {name!r}")
+        body = env_patch_body(container, action)
+        try:
+            after = self._to_dict(
+                await self._call(
+                    self.apps.patch_namespaced_deployment, name, namespace, body,
+                    _content_type="application/strategic-merge-patch+json",
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubernetesError(f"patch Deployment {namespace}/{name}: {exc.status} {exc.reason}") from exc
+        problems = unmanaged_changes(
+            deployment, after, container["name"], [*action.set_env, *action.remove_env]
+        )
+        if problems:
+            logger.error(
+                "event=unexpected_patch_effect namespace=%s deployment=%s problems=%r",
+                namespace, name, problems,
+            )
+        return True
+
+    # -- the preflight Job ---------------------------------------------------------------
+
+    async def run_preflight(
+        self, namespace: str, owner: Mapping[str, Any], deployment_name: str, action: RunPreflight
+    ) -> bool:
+        """Create the Job unless it exists (409 is fine). False when the Deployment is gone."""
+        deployment = await self.read_deployment(namespace, deployment_name)
+        if deployment is None:
+            return False
+        body = preflight_job_body(owner, deployment, action)
+        try:
+            await self._call(self.batch.create_namespaced_job, namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return True
+            raise KubernetesError(f"create Job {namespace}/{action.job_name}: {exc.status} {exc.reason}") from exc
+        return True
+
+    async def observe_preflight(self, namespace: str, job_name: str) -> PreflightObservation:
+        job = await self._read(self.batch.read_namespaced_job, job_name, namespace)
+        state = job_state(job)
+        if state not in (JobState.SUCCEEDED, JobState.FAILED):
+            return PreflightObservation(job_name=job_name, state=state)
+        pods = [
+            pod
+            for pod in await self._list(
+                self.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}"
+            )
+            if _owned_by(pod, _meta(job).get("uid"))
+        ]
+        if not pods:
+            return PreflightObservation(job_name=job_name, state=state)
+        pod = max(pods, key=lambda p: _meta(p).get("creationTimestamp") or "")
+        output = await self._pod_log(
+            namespace, _meta(pod)["name"], PREFLIGHT_CONTAINER, strict=True, limit_bytes=PREFLIGHT_LOG_BYTES
+        )
+        return PreflightObservation(
+            job_name=job_name, state=state, output=output, exit_code=terminated_exit_code(pod)
+        )
+
+
+def build_adapter(
+    *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16
+) -> KubernetesAdapter:
+    """In-cluster config when running in a pod, else the current KUBECONFIG."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        # KUBECONFIG is read now, not when the client library was imported.
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    configuration.connection_pool_maxsize = pool_size
+    api_client = client.ApiClient(configuration)
+    return KubernetesAdapter.from_api_client(
+        api_client, executor=executor, timeout=timeout, clock=clock
+    )

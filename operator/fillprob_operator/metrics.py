@@ -1,0 +1,105 @@
+"""The operator's own Prometheus metrics (API.md, "The operator's own metrics").
+
+A private `CollectorRegistry` per `OperatorMetrics`, so tests can build as many as they like;
+`serve()` exposes it with `prometheus_client.start_http_server`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+# Detection is seconds to minutes: a scrape interval, an evaluation interval, an API call.
+DETECTION_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, float("inf"))
+QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+
+# `fillprob_rollout_gate_evaluations_total{result}` values.
+GATE_GO = "go"
+GATE_NOGO = "nogo"
+GATE_NODATA = "nodata"
+GATE_ERROR = "error"
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = False) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self.info = Gauge(
+            "fillprob_rollout_info",
+            "Where each FillProbRollout stands: 1 for its current phase and state.",
+            ["namespace", "name", "phase", "state"],
+            registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "fillprob_rollout_rollbacks_total",
+            "Rollback playbooks applied (R1/R2/R3), by reason.",
+            ["namespace", "name", "playbook", "reason"],
+            registry=self.registry,
+        )
+        self.gate_evaluations = Counter(
+            "fillprob_rollout_gate_evaluations_total",
+            "Gate evaluations by result: go, nogo, nodata (missing data), error.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.detection_seconds = Histogram(
+            "fillprob_rollout_detection_seconds",
+            "From the Prometheus sample that showed a no-go to the rollback env patch applied.",
+            buckets=DETECTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.prometheus_queries = Counter(
+            "fillprob_rollout_prometheus_queries_total",
+            "PromQL queries sent by the gates, by Prometheus URL and result (ok, error, timeout).",
+            ["url", "result"],
+            registry=self.registry,
+        )
+        self.prometheus_query_seconds = Histogram(
+            "fillprob_rollout_prometheus_query_seconds",
+            "Latency of the gates' PromQL queries.",
+            buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        self._info_labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def set_info(self, namespace: str, name: str, phase: str, state: str) -> None:
+        """One series per rollout: the old (phase, state) label set goes when it changes."""
+        with self._lock:
+            old = self._info_labels.get((namespace, name))
+            if old == (phase, state):
+                return
+            if old is not None:
+                self.info.remove(namespace, name, *old)
+            self.info.labels(namespace, name, phase, state).set(1)
+            self._info_labels[(namespace, name)] = (phase, state)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            old = self._info_labels.pop((namespace, name), None)
+            if old is not None:
+                self.info.remove(namespace, name, *old)
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return server.server_address[0], server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

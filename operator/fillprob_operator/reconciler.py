@@ -1,0 +1,387 @@
+"""One evaluation of one FillProbRollout: observe, decide, execute.
+
+This is the services layer between the kopf handlers and the adapters. Each tick re-reads
+the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus), hands it to
+the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
+memory: a restarted operator resumes from `status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from .adapters.clock import Clock
+from .adapters.executor import ExecutionContext, Executor
+from .adapters.kubernetes import ROLLBACK_ANNOTATION, ROLLBACK_REASON_ANNOTATION
+from .adapters.prometheus import Matcher
+from .api import RolloutStatus, status_from_dict
+from .domain.actions import EmitEvent
+from .domain.durations import parse_duration
+from .domain.observations import Observations, RollbackRequest
+from .domain.selector import default_selector, parse_selector
+from .domain.status import READY, set_condition
+from .metrics import GATE_ERROR, GATE_GO, GATE_NODATA, GATE_NOGO, OperatorMetrics
+
+logger = logging.getLogger("fillprob_operator")
+
+DEFAULT_INTERVAL_SECONDS = 30.0
+INVALID_SPEC = "InvalidSpec"
+# States in which the gates run (guarding never ends: a Passed step is still watched).
+GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
+
+
+def kv(event: str, **fields: Any) -> str:
+    """A structured log line: `event=... key=value ...`, values JSON-quoted when needed."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            text = json.dumps(value) if not value or any(c in value for c in ' ="\n') else value
+        else:
+            text = json.dumps(value, default=str, sort_keys=True, separators=(",", ":"))
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def evaluation_interval(raw_spec: Mapping[str, Any]) -> float:
+    """`spec.prometheus.interval` in seconds (default 30s, lower bound 1s), read from the raw
+    spec so that even an invalid spec keeps its evaluation rhythm."""
+    interval = (raw_spec.get("prometheus") or {}).get("interval")
+    try:
+        seconds = parse_duration(interval).total_seconds() if interval else DEFAULT_INTERVAL_SECONDS
+    except ValueError:
+        seconds = DEFAULT_INTERVAL_SECONDS
+    return max(1.0, seconds)
+
+
+def validation_message(exc: Exception, prefix: str = "spec") -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            lines = [
+                ".".join([prefix, *(str(p) for p in err.get("loc", ()))]) + ": " + str(err.get("msg"))
+                for err in errors()
+            ]
+            return "; ".join(lines)[:1024]
+        except Exception:
+            pass
+    return str(exc)[:1024]
+
+
+def _annotation_owner(body: Mapping[str, Any], annotation: str) -> tuple[str, str]:
+    """(manager, time) of the newest managedFields entry that set `annotation`."""
+    best = ("", "")
+    for entry in (body.get("metadata") or {}).get("managedFields") or ():
+        annotations = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
+        if f"f:{annotation}" in annotations and (entry.get("time") or "") >= best[1]:
+            best = (entry.get("manager") or "", entry.get("time") or "")
+    return best
+
+
+def rollback_request_from_annotation(body: Mapping[str, Any]) -> RollbackRequest | None:
+    """`grinder.io/rollback: R1|R2|R3` on the FillProbRollout (API.md, manual rollback).
+
+    The idempotency key is the value plus when it was set (managedFields), so the same
+    annotation is applied once, and setting it again later is a new request. A value other
+    than R1/R2/R3 is passed on too: the domain rejects it in history and the annotation is
+    removed, so the person who set it sees why.
+    """
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    value = annotations.get(ROLLBACK_ANNOTATION)
+    if value is None:
+        return None
+    playbook = value.strip().upper()
+    manager, set_at = _annotation_owner(body, ROLLBACK_ANNOTATION)
+    why = annotations.get(ROLLBACK_REASON_ANNOTATION, "")
+    source = f"annotation {ROLLBACK_ANNOTATION}={playbook}"
+    if manager:
+        source += f" by {manager}"
+    if why:
+        source += f": {why}"
+    evidence: dict[str, object] = {"annotation": value}
+    if manager:
+        evidence["manager"] = manager
+    if set_at:
+        evidence["setAt"] = set_at
+    if why:
+        evidence["why"] = why
+    stamp = set_at or f"rv{meta.get('resourceVersion', '')}"
+    return RollbackRequest(
+        playbook=playbook,
+        reason="ManualRollback",
+        source=source,
+        evidence=evidence,
+        key=f"annotation/{meta.get('uid', '')}/{playbook}/{stamp}",
+    )
+
+
+class RollbackInbox:
+    """Rollbacks asked for from outside the rollout's own body (the Alertmanager webhook).
+
+    Held until a tick has handed them to `decide()` and executed the result; the domain
+    dedupes by `key` against history, so a request seen twice is applied once.
+    """
+
+    def __init__(self, wake: Callable[[str, str], None] | None = None) -> None:
+        self._queues: dict[tuple[str, str], list[RollbackRequest]] = {}
+        self._wake = wake
+
+    def put(self, namespace: str, name: str, request: RollbackRequest) -> None:
+        queue = self._queues.setdefault((namespace, name), [])
+        if all(r.key != request.key or not request.key for r in queue):
+            queue.append(request)
+        if self._wake is not None:
+            self._wake(namespace, name)
+
+    def pending(self, namespace: str, name: str) -> tuple[RollbackRequest, ...]:
+        return tuple(self._queues.get((namespace, name), ()))
+
+    def ack(self, namespace: str, name: str, done: Iterable[RollbackRequest]) -> None:
+        queue = self._queues.get((namespace, name))
+        if queue is None:
+            return
+        done_ids = {id(r) for r in done}
+        queue[:] = [r for r in queue if id(r) not in done_ids]
+        if not queue:
+            del self._queues[(namespace, name)]
+
+    def drop(self, namespace: str, name: str) -> None:
+        self._queues.pop((namespace, name), None)
+
+
+class Wakeups:
+    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def event(self, namespace: str, name: str) -> asyncio.Event:
+        return self._events.setdefault((namespace, name), asyncio.Event())
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.event(namespace, name).set()
+
+    def drop(self, namespace: str, name: str) -> None:
+        self._events.pop((namespace, name), None)
+
+
+@dataclass(frozen=True)
+class DomainPort:
+    """The pure domain, as the reconciler calls it (swappable in tests).
+
+    `parse_spec` raises ValueError with what to fix; `parse_status` gives None when the
+    operator has not written a status yet and raises ValueError when it cannot be read.
+    """
+
+    parse_spec: Callable[[Mapping[str, Any]], Any]
+    parse_status: Callable[[Mapping[str, Any]], Any]
+    decide: Callable[..., Any]
+
+    @classmethod
+    def load(cls) -> "DomainPort":
+        from .api import parse_spec, status_from_dict
+        from .domain.decide import decide
+
+        return cls(parse_spec=parse_spec, parse_status=status_from_dict, decide=decide)
+
+
+def selector_matcher(raw_spec: Mapping[str, Any], namespace: str) -> Matcher:
+    """`spec.prometheus.selector`, or this Deployment's pods in this namespace."""
+    text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
+    if text:
+        return parse_selector(text).matches
+    return default_selector(namespace, raw_spec.get("deploymentName", "")).matches
+
+
+@dataclass(frozen=True)
+class TickOutcome:
+    interval: float
+    gone: bool = False
+    phase: str = ""
+    state: str = ""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        kube: Any,
+        gateway: Any,
+        executor: Executor,
+        metrics: OperatorMetrics,
+        clock: Clock,
+        domain: DomainPort,
+        inbox: RollbackInbox,
+        default_prometheus_url: str,
+    ) -> None:
+        self.kube = kube
+        self.gateway = gateway
+        self.executor = executor
+        self.metrics = metrics
+        self.clock = clock
+        self.domain = domain
+        self.inbox = inbox
+        self.default_prometheus_url = default_prometheus_url
+
+    async def tick(self, namespace: str, name: str) -> TickOutcome:
+        body = await self.kube.read_rollout(namespace, name)
+        if body is None:
+            return TickOutcome(interval=DEFAULT_INTERVAL_SECONDS, gone=True)
+        meta = body.get("metadata") or {}
+        raw_spec = body.get("spec") or {}
+        raw_status = body.get("status") or {}
+        generation = int(meta.get("generation") or 0)
+        interval = evaluation_interval(raw_spec)
+        now = self.clock.now()
+
+        try:
+            spec = self.domain.parse_spec(raw_spec)
+            matches = selector_matcher(raw_spec, namespace)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            await self._invalid_spec(namespace, name, body, raw_status, validation_message(exc), now)
+            return TickOutcome(interval, phase=raw_status.get("phase", ""), state=raw_status.get("state", ""))
+        try:
+            status = self.domain.parse_status(raw_status)
+        except ValueError as exc:
+            # Never start over from scratch on a status we cannot read: report and wait.
+            logger.error(kv("invalid_status", namespace=namespace, name=name,
+                            error=validation_message(exc, "status")))
+            return TickOutcome(interval, phase=raw_status.get("phase", ""), state=raw_status.get("state", ""))
+
+        deployment_name = raw_spec["deploymentName"]
+        url = ((raw_spec.get("prometheus") or {}).get("url") or self.default_prometheus_url).rstrip("/")
+        # The Job is looked at while the preflight runs; its result is in status afterwards.
+        preflight_status = raw_status.get("preflight") or {}
+        job_name = preflight_status.get("jobName") if (
+            preflight_status.get("state") == "Running" or raw_status.get("state") == "Preflight"
+        ) else None
+
+        async def no_preflight() -> None:
+            return None
+
+        deployment, metrics, preflight = await asyncio.gather(
+            self.kube.observe_deployment(namespace, deployment_name, raw_spec.get("containerName")),
+            self.gateway.observe(url, interval, now, matches),
+            self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
+        )
+        annotation_request = rollback_request_from_annotation(body)
+        annotation_value = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
+        queued = self.inbox.pending(namespace, name)
+        observations = Observations(
+            deployment=deployment,
+            metrics=metrics,
+            preflight=preflight,
+            rollback_requests=((annotation_request,) if annotation_request else ()) + queued,
+        )
+
+        previous_state = raw_status.get("state", "")
+        try:
+            decision = self.domain.decide(
+                spec, status, observations, now,
+                generation=generation, name=name, namespace=namespace,
+            )
+        except Exception:
+            if previous_state in GATED_STATES:
+                self.metrics.gate_evaluations.labels(GATE_ERROR).inc()
+            raise
+
+        result = await self.executor.execute(
+            ExecutionContext(
+                namespace=namespace,
+                name=name,
+                body=body,
+                deployment_name=deployment_name,
+                previous_status=raw_status,
+                observations=observations,
+                rollback_annotation=annotation_value if annotation_request else None,
+                rollback_reason_annotation=ROLLBACK_REASON_ANNOTATION in (meta.get("annotations") or {}),
+            ),
+            decision,
+        )
+        self.inbox.ack(namespace, name, queued)
+
+        new = result.status
+        if previous_state in GATED_STATES:
+            self.metrics.gate_evaluations.labels(
+                self._gate_result(raw_status, new, result.rollback, metrics.available)
+            ).inc()
+        phase, state = str(new.get("phase", "")), str(new.get("state", ""))
+        self.metrics.set_info(namespace, name, phase, state)
+        self._log_transition(namespace, name, raw_status, new, result)
+        return TickOutcome(interval, phase=phase, state=state)
+
+    @staticmethod
+    def _gate_result(
+        old: Mapping[str, Any], new: Mapping[str, Any], rollback: Any, metrics_available: bool
+    ) -> str:
+        if rollback is not None or (new.get("state") == "Halted" and old.get("state") != "Halted"):
+            return GATE_NOGO
+        if not metrics_available:
+            return GATE_NODATA
+        return GATE_GO
+
+    @staticmethod
+    def _log_transition(
+        namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any], result: Any
+    ) -> None:
+        before = (old.get("phase"), old.get("step"), old.get("state"))
+        after = (new.get("phase"), new.get("step"), new.get("state"))
+        if before == after and result.rollback is None:
+            return
+        last = (new.get("history") or [{}])[-1]
+        logger.info(kv(
+            "transition", namespace=namespace, name=name,
+            from_phase=before[0], from_step=before[1], from_state=before[2],
+            phase=after[0], step=after[1], state=after[2],
+            action=last.get("action"), reason=last.get("reason"),
+            playbook=(result.rollback or {}).get("playbook"),
+            env_patched=result.env_patched_at is not None,
+        ))
+
+    async def _invalid_spec(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        raw_status: Mapping[str, Any],
+        message: str,
+        now: datetime,
+    ) -> None:
+        """Ready=False/InvalidSpec with the message; nothing else changes, no actions, no
+        traceback loop; written (and the Event posted) once per generation and message."""
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        logger.warning(kv("invalid_spec", namespace=namespace, name=name, generation=generation, message=message))
+        try:
+            status = status_from_dict(raw_status) or RolloutStatus()
+        except ValueError:
+            return  # an unreadable status is reported by the tick that needs it
+        old = status.condition(READY)
+        if old is not None and (old.reason, old.message, old.observed_generation) == (
+            INVALID_SPEC, message, generation
+        ):
+            return
+        status.conditions = set_condition(status.conditions, READY, False, INVALID_SPEC, message, now, generation)
+        decision = _Decision(status=status.to_patch_body(), actions=(EmitEvent("Warning", INVALID_SPEC, message),))
+        await self.executor.execute(
+            ExecutionContext(
+                namespace=namespace, name=name, body=body,
+                deployment_name=(body.get("spec") or {}).get("deploymentName", ""),
+                previous_status=raw_status,
+            ),
+            decision,
+        )
+        self.metrics.set_info(namespace, name, status.phase.value, status.state.value)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    status: Mapping[str, Any]
+    actions: tuple[Any, ...]
+    changed: bool = True

@@ -1,0 +1,75 @@
+"""The operator's own configuration, read once from the environment at startup.
+
+Everything a FillProbRollout does not say itself (where Prometheus is by default, where the
+operator serves its metrics, which namespaces it watches) is set here, by env variables, so
+the chart, `make run` and the testbed all configure it the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+# Prometheus' own default listen address; the chart and the testbed set FILLPROB_PROMETHEUS_URL.
+DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
+DEFAULT_METRICS_ADDR = "127.0.0.1:8080"
+_LOOKBACK = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Used when a FillProbRollout has no `spec.prometheus.url`.
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
+    # Window of the `increase(...[L])` queries behind the block-ratio gate.
+    prometheus_lookback: str = "1m"
+    prometheus_timeout_seconds: float = 10.0
+    kubernetes_timeout_seconds: float = 30.0
+    # "host:port" for the operator's own /metrics; empty means do not serve.
+    metrics_addr: str = DEFAULT_METRICS_ADDR
+    # Empty: all namespaces.
+    namespaces: tuple[str, ...] = ()
+    # "standalone" (one replica, no peering) or the name of a KopfPeering object.
+    peering: str = "standalone"
+    # Threads for the blocking Kubernetes and Prometheus clients.
+    io_threads: int = 16
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if not self.metrics_addr:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return (host or "0.0.0.0"), int(port)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        lookback = env.get("FILLPROB_PROMETHEUS_LOOKBACK", "1m").strip()
+        if not _LOOKBACK.match(lookback):
+            raise ValueError(
+                f"FILLPROB_PROMETHEUS_LOOKBACK={lookback!r}: want a PromQL duration like 1m or 90s"
+            )
+        metrics_addr = env.get("FILLPROB_METRICS_ADDR", DEFAULT_METRICS_ADDR).strip()
+        if metrics_addr.lower() in ("off", "none", "0"):
+            metrics_addr = ""
+        if metrics_addr and not re.match(r"^[^:]*:[0-9]+$", metrics_addr):
+            raise ValueError(f"FILLPROB_METRICS_ADDR={metrics_addr!r}: want host:port")
+        namespaces = tuple(
+            ns.strip() for ns in env.get("FILLPROB_NAMESPACES", "").split(",") if ns.strip()
+        )
+        return cls(
+            # PROMETHEUS_URL is what `.testbed/env` exports; FILLPROB_PROMETHEUS_URL wins.
+            prometheus_url=(
+                env.get("FILLPROB_PROMETHEUS_URL")
+                or env.get("PROMETHEUS_URL")
+                or DEFAULT_PROMETHEUS_URL
+            ).rstrip("/"),
+            prometheus_lookback=lookback,
+            prometheus_timeout_seconds=float(env.get("FILLPROB_PROMETHEUS_TIMEOUT", "10")),
+            kubernetes_timeout_seconds=float(env.get("FILLPROB_KUBERNETES_TIMEOUT", "30")),
+            metrics_addr=metrics_addr,
+            namespaces=namespaces,
+            peering=env.get("FILLPROB_PEERING", "standalone").strip() or "standalone",
+            io_threads=max(2, int(env.get("FILLPROB_IO_THREADS", "16"))),
+        )

@@ -1,0 +1,356 @@
+"""The Alertmanager webhook receiver: alert-driven rollback (API.md, "Manual and alert-driven rollback").
+
+`POST /alertmanager` takes Alertmanager's webhook payload (version "4") with a bearer token.
+Every *firing* alert labelled `fillprob_rollout="<name>"` and `namespace="<ns>"` becomes a
+`RollbackRequest` handed to `submit(request, namespace, name)`; the reconciler's inbox queues
+it and the next tick gives it to `decide()`. An optional `rollback="R1|R2|R3"` label names the
+playbook; without it the request's playbook is `TABLE_DEFAULT` (""), which the domain reads as
+"the gate table's playbook for a circuit-breaker trip at the current step".
+
+Duplicates change nothing: the request key is `alert:<fingerprint>:<startsAt>`, the same for
+every re-send of one firing (Alertmanager repeats it each `repeat_interval`), and the domain
+never applies a key that is already in `status.history`. The receiver also remembers the keys
+it has handed over recently and reports re-sends as ignored. Resolved alerts are ignored.
+
+Response codes, chosen for Alertmanager's retry rules (it retries 5xx, not 4xx):
+- 200 `{"accepted": [...], "ignored": [...], "rejected": [...]}`: the payload was read; each
+  alert is in one list with the reason (an invalid `rollback` label rejects that alert only);
+- 400: not JSON, not a version-4 webhook payload, or a body over `max_body_bytes`;
+- 401: missing or wrong bearer token, or the receiver has no token configured (fail closed);
+- 500: `submit` raised (Alertmanager retries; keys already handed over are not handed twice).
+`GET /healthz` answers 200 without a token.
+
+`submit` returns True when the request was queued for a FillProbRollout this operator
+watches, False when it does not know `<namespace>/<name>` (reported as rejected).
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, Mapping, Union
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .domain.observations import RollbackRequest
+
+logger = logging.getLogger("fillprob_operator.webhook")
+
+ALERTMANAGER_PATH = "/alertmanager"
+HEALTHZ_PATH = "/healthz"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+# Alert labels this receiver reads (API.md).
+ROLLOUT_LABEL = "fillprob_rollout"
+NAMESPACE_LABEL = "namespace"
+ROLLBACK_LABEL = "rollback"
+PLAYBOOKS = ("R1", "R2", "R3")
+# RollbackRequest.playbook for an alert without a `rollback` label: the domain picks the gate
+# table's playbook for a CB trip at the current step (decide.py, apply_request).
+TABLE_DEFAULT = ""
+ALERT_FIRED = "AlertFired"
+
+# How many handed-over keys to remember for "duplicate" answers. Forgetting is safe: the
+# domain dedupes by key against status.history anyway.
+SEEN_KEYS = 4096
+# Evidence goes into status.history; keep one chatty annotation from bloating it.
+MAX_EVIDENCE_VALUE = 1024
+
+# RFC 1123 label (namespace) and subdomain (object name), as the API server checks them.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+TokenProvider = Callable[[], Union[str, None]]
+Submit = Callable[[RollbackRequest, str, str], Union[Awaitable[bool], bool]]
+
+
+# ---------------------------------------------------------------------------- payload
+
+
+class Alert(BaseModel):
+    """One alert of Alertmanager's webhook payload; fields we do not use are allowed."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: str = Field(alias="startsAt")
+    ends_at: str = Field(default="", alias="endsAt")
+    fingerprint: str = Field(min_length=1)
+    generator_url: str = Field(default="", alias="generatorURL")
+
+    @field_validator("starts_at")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"startsAt {value!r} is not an RFC 3339 time") from None
+        return value
+
+
+class WebhookPayload(BaseModel):
+    """Alertmanager's webhook body, version "4" (receiver, groupKey etc. are not used)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: list[Alert]
+
+
+class PayloadError(ValueError):
+    """The body is not an Alertmanager version-4 webhook payload."""
+
+
+def parse_payload(body: bytes) -> WebhookPayload:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PayloadError("body is not a JSON object (want Alertmanager's webhook payload)")
+    try:
+        return WebhookPayload.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<body>'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise PayloadError(f"not an Alertmanager webhook v4 payload: {problems}") from None
+
+
+# ---------------------------------------------------------------------------- alert -> request
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the receiver makes of one alert: a request to submit, or why not."""
+
+    outcome: Literal["request", "ignored", "rejected"]
+    summary: dict[str, Any]
+    request: RollbackRequest | None = None
+    namespace: str = ""
+    name: str = ""
+
+
+def alert_source(alert: Alert) -> str:
+    """`AlertName{label="value",...}` (alertname and all labels, sorted), as Prometheus prints it."""
+    labels = ",".join(f'{k}={json.dumps(v)}' for k, v in sorted(alert.labels.items()) if k != "alertname")
+    return f"{alert.labels.get('alertname', '<no alertname>')}{{{labels}}}"
+
+
+def _clip(values: Mapping[str, str]) -> dict[str, str]:
+    return {k: v if len(v) <= MAX_EVIDENCE_VALUE else v[:MAX_EVIDENCE_VALUE] + "..." for k, v in values.items()}
+
+
+def judge(alert: Alert) -> Verdict:
+    """Firing + fillprob_rollout + namespace labels -> a RollbackRequest; else ignored/rejected."""
+    labels = alert.labels
+    summary: dict[str, Any] = {
+        "alertname": labels.get("alertname", ""),
+        "fingerprint": alert.fingerprint,
+        "startsAt": alert.starts_at,
+    }
+    name, namespace = labels.get(ROLLOUT_LABEL, ""), labels.get(NAMESPACE_LABEL, "")
+    if name:
+        summary["fillprobRollout"] = f"{namespace}/{name}"
+    if alert.status != "firing":
+        return Verdict("ignored", {**summary, "reason": "resolved: only firing alerts roll back"})
+    if not name or not namespace:
+        return Verdict("ignored", {**summary, "reason": f"no {ROLLOUT_LABEL} and {NAMESPACE_LABEL} labels"})
+    if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
+        return Verdict("rejected", {**summary, "reason": f"label {NAMESPACE_LABEL}={namespace!r} is not a namespace name"})
+    if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+        return Verdict("rejected", {**summary, "reason": f"label {ROLLOUT_LABEL}={name!r} is not an object name"})
+    playbook = labels.get(ROLLBACK_LABEL)
+    if playbook is not None and playbook not in PLAYBOOKS:
+        return Verdict("rejected", {**summary, "reason": f"label {ROLLBACK_LABEL}={playbook!r}: use R1, R2 or R3"})
+    playbook = playbook or TABLE_DEFAULT
+    summary["playbook"] = playbook or "table"
+    request = RollbackRequest(
+        playbook=playbook,
+        reason=ALERT_FIRED,
+        source=alert_source(alert),
+        evidence={
+            "alertname": labels.get("alertname", ""),
+            "labels": _clip(labels),
+            "annotations": _clip(alert.annotations),
+            "startsAt": alert.starts_at,
+            "fingerprint": alert.fingerprint,
+            **({"generatorURL": alert.generator_url[:MAX_EVIDENCE_VALUE]} if alert.generator_url else {}),
+        },
+        key=f"alert:{alert.fingerprint}:{alert.starts_at}",
+    )
+    return Verdict("request", summary, request, namespace, name)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _authorized(header: str | None, token: str) -> bool:
+    scheme, _, presented = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return False
+    return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token.encode("utf-8", "replace"))
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is over `limit` (read no further than limit + 1 bytes)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(min(65536, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+
+
+class _Receiver:
+    def __init__(self, token_provider: TokenProvider, submit: Submit, max_body_bytes: int) -> None:
+        self.token_provider = token_provider
+        self.submit = submit
+        self.max_body_bytes = max_body_bytes
+        self.seen: OrderedDict[str, None] = OrderedDict()
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def alertmanager(self, request: web.Request) -> web.Response:
+        token = self.token_provider()
+        if not token:
+            logger.warning("event=webhook_refused why=no_token_configured")
+            return _error(401, "the receiver has no bearer token configured; refusing every request")
+        if not _authorized(request.headers.get("Authorization"), token):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        body = await _read_body(request, self.max_body_bytes)
+        if body is None:
+            return _error(400, f"body over {self.max_body_bytes} bytes")
+        try:
+            payload = parse_payload(body)
+        except PayloadError as exc:
+            logger.warning("event=webhook_bad_payload error=%s", json.dumps(str(exc)))
+            return _error(400, str(exc))
+
+        result: dict[str, list[dict[str, Any]]] = {"accepted": [], "ignored": [], "rejected": []}
+        for alert in payload.alerts:
+            verdict = judge(alert)
+            if verdict.request is None:
+                result[verdict.outcome].append(verdict.summary)
+                continue
+            key = verdict.request.key
+            if key in self.seen:
+                result["ignored"].append({**verdict.summary, "reason": "duplicate: already accepted"})
+                continue
+            try:
+                queued = self.submit(verdict.request, verdict.namespace, verdict.name)
+                if inspect.isawaitable(queued):
+                    queued = await queued
+            except Exception as exc:  # the operator's side failed: let Alertmanager retry
+                logger.exception("event=webhook_submit_failed key=%s", json.dumps(key))
+                return web.json_response({**result, "error": f"submit failed: {exc}"}, status=500)
+            if not queued:
+                result["rejected"].append({
+                    **verdict.summary,
+                    "reason": f"unknown FillProbRollout {verdict.namespace}/{verdict.name} (absent or not watched)",
+                })
+                continue
+            self._remember(key)
+            result["accepted"].append(verdict.summary)
+            logger.info(
+                "event=webhook_rollback_requested namespace=%s name=%s playbook=%s key=%s source=%s",
+                verdict.namespace, verdict.name, verdict.request.playbook or "table",
+                json.dumps(key), json.dumps(verdict.request.source),
+            )
+        return web.json_response(result)
+
+    def _remember(self, key: str) -> None:
+        self.seen[key] = None
+        while len(self.seen) > SEEN_KEYS:
+            self.seen.popitem(last=False)
+
+
+def make_webhook_app(
+    token_provider: TokenProvider,
+    submit: Submit,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> web.Application:
+    """The receiver as an aiohttp Application; serve it with `start_webhook_server`."""
+    receiver = _Receiver(token_provider, submit, max_body_bytes)
+    # The body is read by hand (400 past the limit); client_max_size guards any other reader.
+    app = web.Application(client_max_size=max_body_bytes + 1)
+    app.router.add_post(ALERTMANAGER_PATH, receiver.alertmanager)
+    app.router.add_get(HEALTHZ_PATH, receiver.healthz)
+    return app
+
+
+async def start_webhook_server(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving on host:port in the running loop; `await runner.cleanup()` stops it."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def token_from_file(path: str | os.PathLike[str]) -> TokenProvider:
+    """Read the token from `path` at each request, so a rotated Secret applies without a restart.
+
+    An unreadable or empty file gives None: every request is refused (fail closed).
+    """
+    file = Path(path)
+
+    def provider() -> str | None:
+        try:
+            return file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            logger.warning("event=webhook_token_unreadable path=%s error=%s", json.dumps(str(file)), json.dumps(str(exc)))
+            return None
+
+    return provider
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """FILLPROB_WEBHOOK_ADDR (host:port; unset, "", "off": not served) and the token source:
+    FILLPROB_WEBHOOK_TOKEN_FILE (the chart mounts the Secret there), else FILLPROB_WEBHOOK_TOKEN."""
+
+    host: str
+    port: int
+    token_provider: TokenProvider
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "WebhookConfig | None":
+        env = os.environ if environ is None else environ
+        addr = env.get("FILLPROB_WEBHOOK_ADDR", "").strip()
+        if addr.lower() in ("", "off", "none", "0"):
+            return None
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"FILLPROB_WEBHOOK_ADDR={addr!r}: want host:port")
+        token_file = env.get("FILLPROB_WEBHOOK_TOKEN_FILE", "").strip()
+        if token_file:
+            provider = token_from_file(token_file)
+        else:
+            token = env.get("FILLPROB_WEBHOOK_TOKEN", "").strip() or None
+            provider = lambda: token  # noqa: E731
+        return cls(host=host or "0.0.0.0", port=int(port), token_provider=provider)

@@ -1,0 +1,1 @@
+"""procnode: the testbed's process node (a small kubelet running pods as local processes)."""

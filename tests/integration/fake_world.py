@@ -1,0 +1,390 @@
+"""Stand-ins for the outside world of the integration tier: the Kubernetes API, Prometheus,
+the clock and kopf's daemon stopper.
+
+`FakeCluster` is an in-memory Kubernetes API behind the real `KubernetesAdapter`.
+
+It implements the client methods the adapter calls (same names and arguments as the
+official client's CoreV1Api / AppsV1Api / BatchV1Api / CustomObjectsApi), raises the same
+`ApiException`s (404, 409, 422), and applies the three patch kinds the adapter sends
+(strategic merge on Deployments, merge patch on status, JSON patch on annotations), so the
+adapter's code runs for real. `roll_out` and `finish_job` play the Deployment and Job
+controllers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import hashlib
+import itertools
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from fillprob_operator.adapters.kubernetes import KubernetesAdapter
+
+GROUP, VERSION, PLURAL = "grinder.io", "v1alpha1", "fillprobrollouts"
+
+
+def _labels_match(selector: str | None, labels: dict[str, str]) -> bool:
+    if not selector:
+        return True
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
+
+
+def apply_strategic_merge(target: dict, patch: dict) -> dict:
+    out = copy.deepcopy(target)
+
+    def merge(dst: dict, src: dict) -> None:
+        for key, value in src.items():
+            if value is None:
+                dst.pop(key, None)
+            elif key in ("containers", "env") and isinstance(value, list):
+                items = dst.setdefault(key, [])
+                for item in value:
+                    index = next((i for i, x in enumerate(items) if x["name"] == item["name"]), None)
+                    if item.get("$patch") == "delete":
+                        if index is not None:
+                            items.pop(index)
+                    elif index is None:
+                        items.append({k: v for k, v in item.items() if v is not None})
+                    else:
+                        merge(items[index], item)
+            elif isinstance(value, dict):
+                merge(dst.setdefault(key, {}), value)
+            else:
+                dst[key] = value
+
+    merge(out, patch)
+    return out
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.logs: dict[tuple[str, str], str] = {}
+        self.events: list[dict] = []
+        self.calls: collections.Counter = collections.Counter()
+        self.fail_next: dict[str, ApiException] = {}
+        self._rv = itertools.count(100)
+        self._uid = itertools.count(1)
+        self.core = _Api(self, "core")
+        self.apps = _Api(self, "apps")
+        self.batch = _Api(self, "batch")
+        self.custom = _Api(self, "custom")
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def adapter(self, clock: Any) -> KubernetesAdapter:
+        return KubernetesAdapter(
+            core=self.core, apps=self.apps, batch=self.batch, custom=self.custom,
+            to_dict=copy.deepcopy, executor=None, timeout=5.0, clock=clock, instance="test",
+        )
+
+    def put(self, kind: str, obj: dict) -> dict:
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", f"uid-{next(self._uid)}")
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = str(next(self._rv))
+        self.objects[(kind, meta.get("namespace", ""), meta["name"])] = obj
+        return obj
+
+    def get(self, kind: str, namespace: str, name: str) -> dict:
+        try:
+            return self.objects[(kind, namespace, name)]
+        except KeyError:
+            raise ApiException(status=404, reason="Not Found") from None
+
+    def items(self, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
+        return [
+            copy.deepcopy(obj) for (k, ns, _), obj in self.objects.items()
+            if k == kind and ns == namespace and _labels_match(selector, obj["metadata"].get("labels") or {})
+        ]
+
+    def record(self, method: str) -> None:
+        self.calls[method] += 1
+        if method in self.fail_next:
+            raise self.fail_next.pop(method)
+
+    # -- controllers ---------------------------------------------------------------------
+
+    def roll_out(self, namespace: str, name: str, *, log: str, ready: bool = True) -> list[str]:
+        """What the Deployment controller and kubelet do after a template change."""
+        dep = self.get("Deployment", namespace, name)
+        template = dep["spec"]["template"]
+        pod_hash = hashlib.sha1(repr(template).encode()).hexdigest()[:8]
+        owned = [o for o in self.objects.values()
+                 if o.get("kind") == "ReplicaSet" and o["metadata"]["namespace"] == namespace]
+        for old in owned:  # old pods go away
+            for key in [k for k, o in self.objects.items() if k[0] == "Pod" and
+                        any(r["uid"] == old["metadata"]["uid"] for r in o["metadata"].get("ownerReferences", []))]:
+                del self.objects[key]
+        revision = 1 + max((int(o["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) for o in owned), default=0)
+        labels = {**template["metadata"]["labels"], "pod-template-hash": pod_hash}
+        rs = self.put("ReplicaSet", {
+            "kind": "ReplicaSet",
+            "metadata": {"name": f"{name}-{pod_hash}", "namespace": namespace, "labels": labels,
+                         "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                         "ownerReferences": [{"uid": dep["metadata"]["uid"], "kind": "Deployment"}]},
+        })
+        pods = []
+        for i in range(dep["spec"].get("replicas", 1)):
+            pod_name = f"{name}-{pod_hash}-p{revision}{i}"
+            self.put("Pod", {
+                "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
+                             "creationTimestamp": f"2024-05-01T12:00:0{i}Z",
+                             "ownerReferences": [{"uid": rs["metadata"]["uid"], "kind": "ReplicaSet"}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+            })
+            self.logs[(namespace, pod_name)] = log
+            pods.append(pod_name)
+        replicas = dep["spec"].get("replicas", 1)
+        dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": replicas,
+                         "updatedReplicas": replicas, "availableReplicas": replicas if ready else 0}
+        return pods
+
+    def finish_job(self, namespace: str, name: str, *, exit_code: int, output: str) -> None:
+        job = self.get("Job", namespace, name)
+        job["status"] = {"conditions": [{"type": "Complete" if exit_code == 0 else "Failed", "status": "True"}]}
+        pod_name = f"{name}-x1"
+        self.put("Pod", {
+            "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": namespace,
+                         "labels": {"batch.kubernetes.io/job-name": name},
+                         "ownerReferences": [{"uid": job["metadata"]["uid"], "kind": "Job"}]},
+            "status": {"containerStatuses": [{"name": "preflight", "state": {"terminated": {"exitCode": exit_code}}}]},
+        })
+        self.logs[(namespace, pod_name)] = output
+
+
+class _Api:
+    """One object serves all four API classes; methods are the official client's names."""
+
+    def __init__(self, cluster: FakeCluster, group: str) -> None:
+        self.c = cluster
+        self.group = group
+
+    # CustomObjectsApi
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **_):
+        self.c.record("get_rollout")
+        return copy.deepcopy(self.c.get("FillProbRollout", namespace, name))
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **kw):
+        self.c.record("patch_status")
+        assert kw.get("_content_type") == "application/merge-patch+json"
+        obj = self.c.get("FillProbRollout", namespace, name)
+        obj["status"] = apply_merge_patch(obj.get("status") or {}, body["status"])
+        obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+        return copy.deepcopy(obj)
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):
+        self.c.record("patch_rollout")
+        assert kw.get("_content_type") == "application/json-patch+json"
+        obj = self.c.get("FillProbRollout", namespace, name)
+        annotations = dict(obj["metadata"].get("annotations") or {})
+        for op in body:
+            key = op["path"].removeprefix("/metadata/annotations/").replace("~1", "/").replace("~0", "~")
+            if op["op"] == "test" and annotations.get(key) != op["value"]:
+                raise ApiException(status=422, reason="test failed")
+            if op["op"] == "remove":
+                if key not in annotations:
+                    raise ApiException(status=422, reason="path not found")
+                del annotations[key]
+        obj["metadata"]["annotations"] = annotations
+        obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+        return copy.deepcopy(obj)
+
+    # AppsV1Api
+    def read_namespaced_deployment(self, name, namespace, **_):
+        self.c.record("read_deployment")
+        return copy.deepcopy(self.c.get("Deployment", namespace, name))
+
+    def patch_namespaced_deployment(self, name, namespace, body, **kw):
+        self.c.record("patch_deployment")
+        assert kw.get("_content_type") == "application/strategic-merge-patch+json"
+        dep = self.c.get("Deployment", namespace, name)
+        patched = apply_strategic_merge(dep, body)
+        if patched["spec"] != dep["spec"]:
+            patched["metadata"]["generation"] = dep["metadata"]["generation"] + 1
+        patched["metadata"]["resourceVersion"] = str(next(self.c._rv))
+        self.c.objects[("Deployment", namespace, name)] = patched
+        self.c.last_deployment_patch = body
+        return copy.deepcopy(patched)
+
+    def list_namespaced_replica_set(self, namespace, label_selector=None, **_):
+        self.c.record("list_replica_sets")
+        return {"items": self.c.items("ReplicaSet", namespace, label_selector)}
+
+    # CoreV1Api
+    def list_namespaced_pod(self, namespace, label_selector=None, **_):
+        self.c.record("list_pods")
+        return {"items": self.c.items("Pod", namespace, label_selector)}
+
+    def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None, limit_bytes=None, **_):
+        self.c.record("read_log")
+        if (namespace, name) not in self.c.logs:
+            raise ApiException(status=400, reason="container is waiting to start")
+        text = self.c.logs[(namespace, name)]
+        if tail_lines is not None:
+            text = "\n".join(text.splitlines()[-tail_lines:])
+        if limit_bytes is not None:
+            text = text[:limit_bytes]
+        return text
+
+    def create_namespaced_event(self, namespace, body, **_):
+        self.c.record("create_event")
+        self.c.events.append(copy.deepcopy(body))
+        return body
+
+    # BatchV1Api
+    def read_namespaced_job(self, name, namespace, **_):
+        self.c.record("read_job")
+        return copy.deepcopy(self.c.get("Job", namespace, name))
+
+    def create_namespaced_job(self, namespace, body, **_):
+        self.c.record("create_job")
+        if ("Job", namespace, body["metadata"]["name"]) in self.c.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.c.put("Job", {**copy.deepcopy(body), "kind": "Job", "status": {}})
+        return body
+
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.at = T0
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.at.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+class FakePrometheus:
+    """A `PrometheusConnect` stand-in: `pods[(ns, pod)][query] = value or {symbol: value}`
+    (the query as the gateway sends it); each pod also has `timestamp(up)`, two seconds
+    before now, unless `up` is False (a pod that is gone). `down` = unreachable."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.down = False
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: collections.Counter = collections.Counter()
+
+    def custom_query(self, query: str) -> list[dict[str, Any]]:
+        self.calls[query] += 1
+        if self.down:
+            raise ConnectionError("connection refused")
+        now = self.clock.now().timestamp()
+        out = []
+        for (ns, pod), values in self.pods.items():
+            labels = {"namespace": ns, "pod": pod}
+            if query == "timestamp(up)" and values.get("up", True):
+                out.append({"metric": labels, "value": [now, str(now - 2)]})
+            value = values.get(query)
+            if isinstance(value, dict):
+                out += [{"metric": {**labels, "symbol": sym}, "value": [now, str(v)]} for sym, v in value.items()]
+            elif value is not None:
+                out.append({"metric": labels, "value": [now, str(value)]})
+        return out
+
+
+class FakeStopped:
+    """kopf's `stopped` flag as an async daemon sees it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason = None
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, reason) -> None:
+        self.reason = reason
+        self._event.set()
+
+    async def _wait(self, timeout):
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self
+
+    def wait(self, timeout=None):
+        return self._wait(timeout)
+
+
+async def until(predicate, deadline: float = 5.0) -> None:
+    """Poll with a deadline (never a bare sleep)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not predicate():
+        assert loop.time() < end, "condition not reached before the deadline"
+        await asyncio.sleep(0.01)
+
+
+NS, NAME = "trading", "grinder"
+
+
+def rollout_body(**spec: Any) -> dict:
+    return {
+        "apiVersion": "grinder.io/v1alpha1",
+        "kind": "FillProbRollout",
+        "metadata": {"name": NAME, "namespace": NS, "generation": 1, "annotations": {}},
+        "spec": {"deploymentName": "grinder", "targetPhase": "Canary", "canarySymbols": ["SYM1"], **spec},
+    }
+
+
+def deployment_body() -> dict:
+    """runbook 32's starting state (0.3), plus an env entry that is none of ours."""
+    env = {
+        "GRINDER_FILL_MODEL_DIR": "/tmp/model", "GRINDER_FILL_PROB_EVAL_DIR": "/tmp/eval",
+        "GRINDER_ARTIFACT_DIR": "/tmp/artifacts", "GRINDER_FILL_MODEL_ENFORCE": "0",
+        "GRINDER_FILL_PROB_MIN_BPS": "2500", "UNRELATED": "keep-me",
+    }
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": "grinder", "namespace": NS, "generation": 1},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "grinder"}},
+            "template": {
+                "metadata": {"labels": {"app": "grinder"}},
+                "spec": {"containers": [{
+                    "name": "grinder", "image": "grinder-sim:local", "command": ["python3", "grinder_sim.py"],
+                    "env": [{"name": k, "value": v} for k, v in env.items()],
+                }]},
+            },
+        },
+        "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+    }
+
+
+def env_of(cluster: FakeCluster) -> dict:
+    container = cluster.get("Deployment", NS, "grinder")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}

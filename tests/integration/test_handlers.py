@@ -1,0 +1,405 @@
+"""The integration tier: kopf handler functions against an in-memory Kubernetes API.
+
+The handlers are called directly (as kopf calls them) with `memo` built by `build_runtime`
+around the real adapters, executor and reconciler; only the API server (`fake_world`) and
+Prometheus (`FakePrometheus`) are stand-ins. `decide` here is a tiny scripted one, so these
+tests pin the wiring (what is observed, what is executed, what is written) independently of
+the ladder's rules; `test_real_decide.py` runs the real domain through the same wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import urllib.request
+from typing import Any
+
+import kopf
+import pytest
+from fake_world import (
+    NAME,
+    NS,
+    FakeClock,
+    FakeCluster,
+    FakePrometheus,
+    FakeStopped,
+    deployment_body,
+    env_of,
+    rollout_body,
+    until,
+)
+
+from fillprob_operator import handlers
+from fillprob_operator.api import parse_spec
+from fillprob_operator.domain.actions import ClearRollbackAnnotation, EmitEvent, PatchEnv, RunPreflight
+from fillprob_operator.domain.observations import JobState, RollbackRequest
+from fillprob_operator.metrics import OperatorMetrics
+from fillprob_operator.reconciler import DomainPort
+from fillprob_operator.settings import Settings
+
+RESOLUTION_OK = (
+    "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only recommended_bps=2400 "
+    "configured_bps=2500 effective_bps=2500"
+)
+
+
+class ScriptedDecide:
+    """A stand-in for `domain.decide`: a few rungs, enough to exercise every action kind."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, Any]] = []
+
+    def __call__(self, spec, status, observations, now, *, generation, name, namespace):
+        self.seen.append((status, observations))
+        status = copy.deepcopy(status) if status else {"phase": "Preflight", "step": "Preflight", "state": "Pending"}
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        before = copy.deepcopy(status)
+        actions: list[Any] = []
+        dep = observations.deployment
+        for request in observations.rollback_requests:
+            if any(h.get("key") == request.key for h in status.get("history", [])):
+                continue
+            actions.append(PatchEnv(container="grinder", set_env={"GRINDER_FILL_MODEL_ENFORCE": "0"},
+                                    restart_token=f"{generation}-rb"))
+            if request.reason == "ManualRollback":
+                actions.append(ClearRollbackAnnotation())
+            status.update(state="RolledBack", lastRollback={"playbook": request.playbook, "reason": request.reason, "at": stamp})
+            status.setdefault("history", []).append({"key": request.key, "source": request.source})
+        if status["state"] == "Pending":
+            actions += [RunPreflight(job_name=f"{name}-preflight-1", container="grinder",
+                                     command=("python3", "-m", "scripts.preflight_fill_prob"), timeout_seconds=600),
+                        EmitEvent("Normal", "PreflightStarted", "preflight Job created")]
+            status.update(state="Preflight", preflight={"jobName": f"{name}-preflight-1"})
+        elif status["state"] == "Preflight" and observations.preflight.state is JobState.SUCCEEDED:
+            actions.append(PatchEnv(container="grinder",
+                                    set_env={"GRINDER_FILL_MODEL_ENFORCE": "0", "GRINDER_FILL_PROB_AUTO_THRESHOLD": "0"},
+                                    remove_env=("GRINDER_FILL_PROB_ENFORCE_SYMBOLS",), restart_token=f"{generation}-1"))
+            status.update(phase="Shadow", step="Shadow", state="Restarting", restartToken=f"{generation}-1",
+                          threshold={"configuredBps": int(observations.preflight.output.split("=")[1])})
+        elif (status["state"] == "Restarting" and dep.restart_token == status["restartToken"]
+              and dep.rollout_complete and dep.new_pods and all(p.resolution_line for p in dep.new_pods)):
+            status.update(state="Observing")
+        elif status["state"] == "Observing" and observations.metrics.available and any(
+                (p.circuit_breaker_trips or 0) > 0 for p in observations.metrics.pods.values()):
+            actions.append(PatchEnv(container="grinder", set_env={"GRINDER_FILL_MODEL_ENFORCE": "0"},
+                                    restart_token=f"{generation}-2"))
+            status.update(state="RolledBack",
+                          lastRollback={"playbook": "R1", "reason": "CircuitBreakerTripped", "at": stamp})
+        status["metricsAvailable"] = observations.metrics.available
+        return _Decision(status=status, actions=tuple(actions), changed=status != before)
+
+
+class _Decision:
+    def __init__(self, status, actions, changed):
+        self.status, self.actions, self.changed = status, actions, changed
+
+
+@pytest.fixture
+def world():
+    cluster = FakeCluster()
+    clock = FakeClock()
+    prometheus = FakePrometheus(clock)
+    decide = ScriptedDecide()
+    memo = kopf.Memo()
+    handlers.build_runtime(
+        memo,
+        Settings(prometheus_url="http://prometheus.test:9090", metrics_addr=""),
+        kube=cluster.adapter(clock),
+        connect=lambda url: prometheus,
+        domain=DomainPort(parse_spec=parse_spec, parse_status=lambda raw: dict(raw) if raw else None, decide=decide),
+        clock=clock,
+        metrics=OperatorMetrics(),
+    )
+    cluster.put("FillProbRollout", rollout_body())
+    cluster.put("Deployment", deployment_body())
+    yield cluster, clock, prometheus, decide, memo
+    asyncio.run(handlers.cleanup(memo=memo))
+
+
+def rollout(cluster: FakeCluster) -> dict:
+    return cluster.get("FillProbRollout", NS, NAME)
+
+
+def test_walk_from_preflight_to_rollback(world):
+    cluster, clock, prometheus, decide, memo = world
+    metrics = memo.metrics.registry.get_sample_value
+
+    async def scenario():
+        tick = lambda: memo.reconciler.tick(NS, NAME)  # noqa: E731
+
+        # 1. no status yet: the preflight Job is created, owned by the rollout
+        await tick()
+        job = cluster.get("Job", NS, "grinder-preflight-1")
+        assert job["metadata"]["ownerReferences"][0]["name"] == NAME
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "grinder-sim:local"
+        assert rollout(cluster)["status"]["state"] == "Preflight"
+        assert [e["reason"] for e in cluster.events] == ["PreflightStarted"]
+        assert decide.seen[-1][1].metrics.reason == "SeriesAbsent"  # nothing scraped yet
+
+        # 2. the Job is still running: nothing changes, nothing is written
+        patches = cluster.calls["patch_status"]
+        await tick()
+        assert decide.seen[-1][1].preflight.state is JobState.RUNNING
+        assert cluster.calls["patch_status"] == patches
+
+        # 3. preflight passed: ONE env patch (managed keys only) with the restart token
+        cluster.finish_job(NS, "grinder-preflight-1", exit_code=0, output="configured_bps=2500\n")
+        await tick()
+        preflight = decide.seen[-1][1].preflight
+        assert (preflight.state, preflight.exit_code, preflight.output) == (JobState.SUCCEEDED, 0, "configured_bps=2500\n")
+        assert cluster.calls["patch_deployment"] == 1
+        assert env_of(cluster)["GRINDER_FILL_PROB_AUTO_THRESHOLD"] == "0"
+        assert env_of(cluster)["UNRELATED"] == "keep-me"
+        dep = cluster.get("Deployment", NS, "grinder")
+        assert dep["spec"]["template"]["metadata"]["annotations"]["grinder.io/restart-token"] == "1-1"
+        assert rollout(cluster)["status"]["state"] == "Restarting"
+        assert decide.seen[-1][1].deployment.rollout_complete is True  # observed before the patch
+
+        # 4. the Deployment controller has not caught up: not complete
+        jobs_read = cluster.calls["read_job"]
+        await tick()
+        assert cluster.calls["read_job"] == jobs_read  # the preflight's result is in status now
+        obs = decide.seen[-1][1].deployment
+        assert (obs.restart_token, obs.rollout_complete) == ("1-1", False)
+        assert "spec update to be observed" in obs.rollout_message
+
+        # 5. new pods logged their resolution line: verified, observing
+        pods = cluster.roll_out(NS, "grinder", log=f"boot\n{RESOLUTION_OK}\nrunning")
+        await tick()
+        obs = decide.seen[-1][1].deployment
+        assert obs.rollout_complete and [p.pod for p in obs.new_pods] == pods
+        assert all(p.resolution_line == RESOLUTION_OK and p.ready for p in obs.new_pods)
+        assert rollout(cluster)["status"]["state"] == "Observing"
+        assert metrics("fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Shadow", "state": "Observing"}) == 1
+
+        # 6. a circuit-breaker trip shows in Prometheus: R1, counted and timed
+        for pod in pods:
+            prometheus.pods[(NS, pod)] = {"grinder_router_fill_prob_cb_trips_total": 1.0,
+                                          "grinder_router_fill_prob_enforce_enabled": 0.0}
+        prometheus.pods[("elsewhere", pods[0])] = {"grinder_router_fill_prob_cb_trips_total": 9.0}
+        prometheus.pods[(NS, "grinder-oldhash-gone1")] = {  # an old pod: only increase() remembers it
+            "up": False, "increase(grinder_router_fill_prob_blocks_total[1m])": {"SYM1": 5.0}}
+        clock.advance(30)
+        await tick()
+        seen = decide.seen[-1][1].metrics
+        assert seen.available and sorted(seen.pods) == sorted(pods)
+        assert all(p.circuit_breaker_trips == 1.0 for p in seen.pods.values())
+        assert env_of(cluster)["GRINDER_FILL_MODEL_ENFORCE"] == "0"
+        assert rollout(cluster)["status"]["lastRollback"]["playbook"] == "R1"
+        labels = {"namespace": NS, "name": NAME, "playbook": "R1", "reason": "CircuitBreakerTripped"}
+        assert metrics("fillprob_rollout_rollbacks_total", labels) == 1
+        assert metrics("fillprob_rollout_detection_seconds_sum") == 2.0  # sample 2s old at patch time
+        assert metrics("fillprob_rollout_gate_evaluations_total", {"result": "nogo"}) == 1
+        assert metrics("fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Shadow", "state": "RolledBack"}) == 1
+        assert metrics("fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Shadow", "state": "Observing"}) is None
+
+    asyncio.run(scenario())
+    # one query per gate metric per interval bucket, not one per tick
+    assert set(prometheus.calls.values()) == {2}  # buckets T0 and T0+30s
+
+
+def test_rollback_annotation_is_applied_once_and_removed(world):
+    cluster, clock, prometheus, decide, memo = world
+    body = rollout(cluster)
+    body["metadata"]["uid"] = "uid-fpr"
+    body["metadata"]["annotations"] = {"grinder.io/rollback": "R1", "grinder.io/rollback-reason": "fills dropped"}
+    body["metadata"]["managedFields"] = [{
+        "manager": "kubectl-annotate", "time": "2024-05-01T11:59:00Z",
+        "fieldsV1": {"f:metadata": {"f:annotations": {"f:grinder.io/rollback": {}}}}}]
+
+    async def scenario():
+        await handlers.rollback_requested(namespace=NS, name=NAME, new="R1", memo=memo)
+        assert memo.wakeups.event(NS, NAME).is_set()
+        await memo.reconciler.tick(NS, NAME)
+        (request,) = decide.seen[-1][1].rollback_requests
+        assert request == RollbackRequest(
+            playbook="R1", reason="ManualRollback",
+            source="annotation grinder.io/rollback=R1 by kubectl-annotate: fills dropped",
+            evidence={"annotation": "R1", "manager": "kubectl-annotate", "setAt": "2024-05-01T11:59:00Z",
+                      "why": "fills dropped"},
+            key="annotation/uid-fpr/R1/2024-05-01T11:59:00Z")
+        assert "grinder.io/rollback" not in rollout(cluster)["metadata"]["annotations"]
+        assert "grinder.io/rollback-reason" not in rollout(cluster)["metadata"]["annotations"]
+        assert rollout(cluster)["status"]["lastRollback"]["reason"] == "ManualRollback"
+        await memo.reconciler.tick(NS, NAME)
+        assert decide.seen[-1][1].rollback_requests == ()
+
+    asyncio.run(scenario())
+
+
+def test_annotation_changed_meanwhile_is_not_cleared(world):
+    cluster, clock, prometheus, decide, memo = world
+    rollout(cluster)["metadata"]["annotations"] = {"grinder.io/rollback": "R3"}
+    adapter = memo.kube
+
+    async def scenario():
+        assert await adapter.clear_rollback_annotation(NS, NAME, "R1") is False
+        assert rollout(cluster)["metadata"]["annotations"] == {"grinder.io/rollback": "R3"}
+        assert await adapter.clear_rollback_annotation(NS, NAME, "R3") is True
+
+    asyncio.run(scenario())
+
+
+def test_alert_requests_in_the_inbox_are_drained_once_executed(world):
+    cluster, clock, prometheus, decide, memo = world
+    request = RollbackRequest(playbook="R2", reason="AlertFired", source="alert FillProbCB",
+                              key="alert/fp-123")
+
+    async def scenario():
+        memo.rollback_inbox.put(NS, NAME, request)
+        memo.rollback_inbox.put(NS, NAME, request)  # a duplicate delivery
+        assert memo.wakeups.event(NS, NAME).is_set()
+        await memo.reconciler.tick(NS, NAME)
+        assert decide.seen[-1][1].rollback_requests == (request,)
+        assert memo.rollback_inbox.pending(NS, NAME) == ()
+        assert rollout(cluster)["status"]["lastRollback"]["reason"] == "AlertFired"
+
+    asyncio.run(scenario())
+
+
+def test_invalid_spec_is_a_condition_not_a_traceback_loop(world):
+    cluster, clock, prometheus, decide, memo = world
+    rollout(cluster)["spec"]["canarySymbols"] = ["SYM1", "SYM1"]
+
+    async def scenario():
+        for _ in range(3):
+            await memo.reconciler.tick(NS, NAME)
+            clock.advance(30)
+
+    asyncio.run(scenario())
+    (ready,) = rollout(cluster)["status"]["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
+    assert "duplicate symbols in canarySymbols: SYM1" in ready["message"]
+    assert cluster.calls["patch_status"] == 1  # written once, not every tick
+    assert [e["reason"] for e in cluster.events] == ["InvalidSpec"]
+    assert decide.seen == []
+    assert cluster.calls["patch_deployment"] == cluster.calls["create_job"] == 0
+
+
+def test_prometheus_down_is_no_data(world):
+    cluster, clock, prometheus, decide, memo = world
+    prometheus.down = True
+    asyncio.run(memo.reconciler.tick(NS, NAME))
+    metrics = decide.seen[-1][1].metrics
+    assert (metrics.available, metrics.reason) == (False, "PrometheusUnreachable")
+
+
+def test_an_unreadable_pod_log_is_missing_data_not_a_failed_tick(world):
+    cluster, clock, prometheus, decide, memo = world
+    from kubernetes.client.exceptions import ApiException
+
+    pods = cluster.roll_out(NS, "grinder", log=RESOLUTION_OK)
+    cluster.fail_next["read_log"] = ApiException(status=500, reason="kubelet unreachable")
+    asyncio.run(memo.reconciler.tick(NS, NAME))
+    startups = decide.seen[-1][1].deployment.new_pods
+    assert [p.pod for p in startups] == pods
+    assert [p.resolution_line for p in startups].count(None) == 1  # the one that failed: not known yet
+
+
+def test_deployment_absent_is_observed_as_absent(world):
+    cluster, clock, prometheus, decide, memo = world
+    del cluster.objects[("Deployment", NS, "grinder")]
+    asyncio.run(memo.reconciler.tick(NS, NAME))
+    assert decide.seen[-1][1].deployment.exists is False
+
+
+def test_daemon_ticks_when_woken_and_forgets_a_deleted_rollout(world):
+    cluster, clock, prometheus, decide, memo = world
+
+    async def scenario():
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: len(decide.seen) == 1)
+        # interval is 30s; a spec change wakes the daemon at once
+        await handlers.spec_changed(namespace=NS, name=NAME, memo=memo)
+        await until(lambda: len(decide.seen) == 2)
+        assert memo.metrics.registry.get_sample_value(
+            "fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Preflight", "state": "Preflight"}) == 1
+        stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await asyncio.wait_for(daemon, 5)
+        assert memo.metrics.registry.get_sample_value(
+            "fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Preflight", "state": "Preflight"}) is None
+
+    asyncio.run(scenario())
+
+
+def test_daemon_survives_an_unreachable_api_server(world):
+    cluster, clock, prometheus, decide, memo = world
+    from kubernetes.client.exceptions import ApiException
+
+    async def scenario():
+        cluster.fail_next["get_rollout"] = ApiException(status=503, reason="Service Unavailable")
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: cluster.calls["get_rollout"] == 1)
+        memo.wakeups.wake(NS, NAME)
+        await until(lambda: len(decide.seen) == 1)
+        stopped.set(kopf.DaemonStoppingReason.OPERATOR_EXITING)
+        await asyncio.wait_for(daemon, 5)
+
+    asyncio.run(scenario())
+
+
+def test_daemon_exits_when_the_rollout_is_gone(world):
+    cluster, clock, prometheus, decide, memo = world
+    del cluster.objects[("FillProbRollout", NS, NAME)]
+
+    async def scenario():
+        await asyncio.wait_for(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=FakeStopped()), 5)
+
+    asyncio.run(scenario())
+    assert decide.seen == []
+
+
+def test_startup_configures_kopf_and_serves_metrics(tmp_path, monkeypatch):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        "clusters: [{name: t, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: t, user: {token: x}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: t}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("FILLPROB_METRICS_ADDR", "127.0.0.1:0")
+    monkeypatch.setenv("FILLPROB_PROMETHEUS_URL", "http://127.0.0.1:1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo()
+
+    async def scenario():
+        await handlers.startup(settings=settings, memo=memo)
+        try:
+            host, port = memo.metrics._server.server_address[:2]
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode())
+            for name in ("fillprob_rollout_info", "fillprob_rollout_rollbacks_total",
+                         "fillprob_rollout_gate_evaluations_total", "fillprob_rollout_detection_seconds",
+                         "fillprob_rollout_prometheus_queries_total", "fillprob_rollout_prometheus_query_seconds"):
+                assert f"# HELP {name}" in text
+        finally:
+            await handlers.cleanup(memo=memo)
+
+    asyncio.run(scenario())
+    assert settings.persistence.finalizer == "grinder.io/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert settings.persistence.progress_storage.prefix == "grinder.io"
+    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert settings.persistence.diffbase_storage.prefix == "grinder.io"
+    assert settings.peering.standalone is True
+    assert memo.reconciler.default_prometheus_url == "http://127.0.0.1:1"
+
+
+def test_named_peering():
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Settings(peering="grinder-operators"))
+    assert (settings.peering.standalone, settings.peering.mandatory, settings.peering.name) == (
+        False, True, "grinder-operators")
+
+
+def test_handlers_are_registered_for_fillprobrollouts():
+    registry = kopf.get_default_registry()
+    resource = kopf.Resource("grinder.io", "v1alpha1", "fillprobrollouts")
+    assert [h.id for h in registry._spawning.get_all_handlers() if h.selector.check(resource)] == ["rollout"]
+    assert sorted(h.id for h in registry._changing.get_all_handlers() if h.selector.check(resource)) == [
+        "rollback_requested/metadata.annotations.grinder.io/rollback", "spec_changed/spec"]
+    assert {"startup", "cleanup"} <= {h.id for h in registry._activities.get_all_handlers()}

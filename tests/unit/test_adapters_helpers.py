@@ -1,0 +1,228 @@
+"""Pure helpers around the adapters: series splitting, rollback annotation, logs, settings."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from fillprob_operator.adapters.executor import ExecutionContext, Executor
+from fillprob_operator.adapters.prometheus import Sample, parse_result, split_by_pod
+from fillprob_operator.domain.actions import ClearRollbackAnnotation, EmitEvent, PatchEnv
+from fillprob_operator.domain.observations import (
+    DeploymentObservation,
+    MetricsObservation,
+    Observations,
+    PodMetrics,
+)
+from fillprob_operator.metrics import OperatorMetrics
+from fillprob_operator.reconciler import (
+    evaluation_interval,
+    kv,
+    rollback_request_from_annotation,
+)
+from fillprob_operator.settings import Settings
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def test_split_by_pod_gauges_counters_and_symbols():
+    pod = {"namespace": "ns", "pod": "g-1-a"}
+    results = {
+        "enforce_enabled": parse_result([
+            {"metric": pod, "value": [100.0, "1"]},
+            {"metric": {**pod, "job": "dup"}, "value": [101.0, "0"]},  # a second scrape job: max
+        ]),
+        "circuit_breaker_trips": parse_result([{"metric": pod, "value": [100.0, "2"]}]),
+        "auto_threshold_bps": parse_result([{"metric": pod, "value": [100.0, "NaN"]}]),  # no data
+        "blocks_by_symbol": parse_result([
+            {"metric": {**pod, "symbol": "SYM1"}, "value": [102.0, "5"]},
+            {"metric": pod, "value": [102.0, "9"]},  # no symbol label: not a per-symbol series
+        ]),
+        "orders_by_symbol": (),
+    }
+    pods = split_by_pod(results, lambda labels: labels.get("namespace") == "ns")
+    assert list(pods) == ["g-1-a"]
+    metrics = pods["g-1-a"]
+    assert metrics.enforce_enabled == 1.0
+    assert metrics.circuit_breaker_trips == 2.0
+    assert metrics.auto_threshold_bps is None
+    assert metrics.allowlist_enabled is None
+    assert dict(metrics.blocks_by_symbol) == {"SYM1": 5.0}
+    assert dict(metrics.orders_by_symbol) == {}
+    assert metrics.sampled_at == datetime.fromtimestamp(102.0, tz=timezone.utc)
+
+
+def test_parse_result_skips_malformed_values():
+    assert parse_result([{"metric": {}, "value": [1, "x"]}, {"metric": {}}, {"metric": {"a": "b"}, "value": [1, "+Inf"]}]) == ()
+    assert parse_result([{"metric": {"a": "b"}, "value": [1, "3"]}]) == (Sample({"a": "b"}, 1.0, 3.0),)
+
+
+def rollout(annotations, managed_fields=()):
+    return {"metadata": {"name": "r", "namespace": "ns", "uid": "uid-1", "resourceVersion": "42",
+                         "annotations": annotations, "managedFields": list(managed_fields)}}
+
+
+def test_rollback_annotation_becomes_a_request_keyed_by_when_it_was_set():
+    fields = [
+        {"manager": "kopf", "time": "2024-05-01T11:00:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:grinder.io/restart": {}}}}},
+        {"manager": "kubectl-annotate", "time": "2024-05-01T11:59:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:grinder.io/rollback": {}, "f:grinder.io/rollback-reason": {}}}}},
+    ]
+    request = rollback_request_from_annotation(
+        rollout({"grinder.io/rollback": " r2", "grinder.io/rollback-reason": "pager: fills dropped"}, fields)
+    )
+    assert request.playbook == "R2"
+    assert request.reason == "ManualRollback"
+    assert request.key == "annotation/uid-1/R2/2024-05-01T11:59:00Z"
+    assert request.source == "annotation grinder.io/rollback=R2 by kubectl-annotate: pager: fills dropped"
+    assert request.evidence == {"annotation": " r2", "manager": "kubectl-annotate",
+                                "setAt": "2024-05-01T11:59:00Z", "why": "pager: fills dropped"}
+    assert rollback_request_from_annotation(rollout({})) is None
+    assert rollback_request_from_annotation(rollout({"grinder.io/rollback": "R9"})).playbook == "R9"  # the domain rejects it
+    assert rollback_request_from_annotation(rollout({"grinder.io/rollback": "R1"})).key == "annotation/uid-1/R1/rv42"
+
+
+def test_kv_log_lines():
+    assert kv("transition", name="r", phase="Canary", step="Expand 2/3", env_patched=True, n=None, ev={"a": 1}) == (
+        'event=transition name=r phase=Canary step="Expand 2/3" env_patched=true ev={"a":1}'
+    )
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 30.0), ("10s", 10.0), ("1m30s", 90.0), ("250ms", 1.0), ("bad", 30.0)])
+def test_evaluation_interval(value, seconds):
+    spec = {"prometheus": {"interval": value}} if value else {}
+    assert evaluation_interval(spec) == seconds
+
+
+def test_settings_from_env():
+    config = Settings.from_env({
+        "PROMETHEUS_URL": "http://127.0.0.1:19090/", "FILLPROB_NAMESPACES": "a, b,",
+        "FILLPROB_METRICS_ADDR": "127.0.0.1:0", "FILLPROB_PROMETHEUS_LOOKBACK": "2m",
+    })
+    assert config.prometheus_url == "http://127.0.0.1:19090"
+    assert config.namespaces == ("a", "b")
+    assert config.metrics_host_port == ("127.0.0.1", 0)
+    assert config.prometheus_lookback == "2m"
+    assert config.peering == "standalone"
+    assert Settings.from_env({"FILLPROB_PROMETHEUS_URL": "http://p:9090", "PROMETHEUS_URL": "x"}).prometheus_url == "http://p:9090"
+    assert Settings.from_env({"FILLPROB_METRICS_ADDR": "off"}).metrics_host_port is None
+    with pytest.raises(ValueError, match="LOOKBACK"):
+        Settings.from_env({"FILLPROB_PROMETHEUS_LOOKBACK": "1 minute"})
+
+
+class RecordingKube:
+    def __init__(self, patch_applies=True):
+        self.calls = []
+        self.patch_applies = patch_applies
+
+    async def patch_env(self, ns, name, action):
+        self.calls.append(("patch_env", name, action.restart_token))
+        return self.patch_applies
+
+    async def emit_event(self, owner, event):
+        self.calls.append(("event", event.reason))
+
+    async def clear_rollback_annotation(self, ns, name, expected, *, with_reason=False):
+        self.calls.append(("clear", expected, with_reason))
+        return True
+
+    async def patch_rollout_status(self, ns, name, patch):
+        self.calls.append(("status", patch))
+        return {}
+
+
+class Decision:
+    def __init__(self, status, actions, changed=True):
+        self.status, self.actions, self.changed = status, actions, changed
+
+
+class Clock:
+    def now(self):
+        return NOW
+
+    def monotonic(self):
+        return 0.0
+
+
+def context(previous, sampled_at=None):
+    pods = {"g-1-a": PodMetrics(pod="g-1-a", sampled_at=sampled_at)} if sampled_at else {}
+    observations = Observations(
+        deployment=DeploymentObservation(exists=True),
+        metrics=MetricsObservation(available=bool(pods), pods=pods),
+    )
+    return ExecutionContext(namespace="ns", name="r", body={"metadata": {"name": "r"}}, deployment_name="g",
+                            previous_status=previous, observations=observations,
+                            rollback_annotation="R1", rollback_reason_annotation=True)
+
+
+def test_executor_writes_status_once_then_runs_actions_in_order_and_times_detection():
+    kube = RecordingKube()
+    metrics = OperatorMetrics()
+    previous = {"phase": "Canary", "state": "Observing"}
+    new = {"phase": "Canary", "state": "RolledBack",
+           "lastRollback": {"playbook": "R1", "reason": "CircuitBreakerTripped", "at": "2024-05-01T12:00:00Z"}}
+    decision = Decision(new, (PatchEnv(container="g", set_env={"GRINDER_FILL_MODEL_ENFORCE": "0"}, restart_token="t"),
+                              EmitEvent("Warning", "CircuitBreakerTripped", "R1"), ClearRollbackAnnotation()))
+    sampled = datetime(2024, 5, 1, 11, 59, 48, tzinfo=timezone.utc)
+    result = asyncio.run(Executor(kube, metrics, Clock()).execute(context(previous, sampled), decision))
+    assert kube.calls == [
+        ("status", {"state": "RolledBack", "lastRollback": new["lastRollback"]}),  # the intent first
+        ("patch_env", "g", "t"), ("event", "CircuitBreakerTripped"), ("clear", "R1", True),
+    ]
+    assert result.status_patched and result.env_patched_at == NOW
+    assert metrics.registry.get_sample_value(
+        "fillprob_rollout_rollbacks_total",
+        {"namespace": "ns", "name": "r", "playbook": "R1", "reason": "CircuitBreakerTripped"}) == 1
+    assert metrics.registry.get_sample_value("fillprob_rollout_detection_seconds_sum") == 12.0
+
+    # same status again (unchanged): no patch, no second count
+    kube.calls.clear()
+    asyncio.run(Executor(kube, metrics, Clock()).execute(context(new, sampled), Decision(new, (), changed=False)))
+    assert kube.calls == []
+    assert metrics.registry.get_sample_value(
+        "fillprob_rollout_rollbacks_total",
+        {"namespace": "ns", "name": "r", "playbook": "R1", "reason": "CircuitBreakerTripped"}) == 1
+
+
+def test_manual_rollback_is_counted_but_not_timed():
+    kube = RecordingKube()
+    metrics = OperatorMetrics()
+    new = {"state": "RolledBack", "lastRollback": {"playbook": "R3", "reason": "ManualRollback"}}
+    decision = Decision(new, (PatchEnv(container="g", restart_token="t"),))
+    asyncio.run(Executor(kube, metrics, Clock()).execute(context({}, NOW), decision))
+    assert metrics.registry.get_sample_value("fillprob_rollout_detection_seconds_count") == 0
+    assert metrics.registry.get_sample_value(
+        "fillprob_rollout_rollbacks_total",
+        {"namespace": "ns", "name": "r", "playbook": "R3", "reason": "ManualRollback"}) == 1
+
+
+def test_info_metric_keeps_one_series_per_rollout():
+    metrics = OperatorMetrics()
+    metrics.set_info("ns", "r", "Shadow", "Observing")
+    metrics.set_info("ns", "r", "Canary", "Restarting")
+    get = metrics.registry.get_sample_value
+    assert get("fillprob_rollout_info", {"namespace": "ns", "name": "r", "phase": "Shadow", "state": "Observing"}) is None
+    assert get("fillprob_rollout_info", {"namespace": "ns", "name": "r", "phase": "Canary", "state": "Restarting"}) == 1
+    metrics.forget("ns", "r")
+    assert get("fillprob_rollout_info", {"namespace": "ns", "name": "r", "phase": "Canary", "state": "Restarting"}) is None
+
+
+def test_gone_pods_are_dropped_and_sampled_at_is_the_scrape_time():
+    live = {"namespace": "ns", "pod": "g-2-new"}
+    gone = {"namespace": "ns", "pod": "g-1-old"}
+    results = {
+        "scraped_at": parse_result([{"metric": live, "value": [200.0, "198.5"]}]),
+        "enforce_enabled": parse_result([{"metric": live, "value": [200.0, "1"]}]),
+        # an old ReplicaSet's pod: no `up` any more, but increase() still covers it
+        "recent_blocks_by_symbol": parse_result([
+            {"metric": {**gone, "symbol": "SYM1"}, "value": [200.0, "40"]},
+            {"metric": {**live, "symbol": "SYM1"}, "value": [200.0, "3"]},
+        ]),
+    }
+    pods = split_by_pod(results, lambda labels: True)
+    assert list(pods) == ["g-2-new"]
+    assert pods["g-2-new"].sampled_at == datetime.fromtimestamp(198.5, tz=timezone.utc)
+    assert dict(pods["g-2-new"].recent_blocks_by_symbol) == {"SYM1": 3.0}

@@ -1,0 +1,301 @@
+"""Pure helpers of the Kubernetes adapter: env patch body, rollout status, logs, the Job."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+
+import pytest
+
+from fillprob_operator.adapters.kubernetes import (
+    RESTART_TOKEN_ANNOTATION,
+    env_literals,
+    env_patch_body,
+    event_body,
+    job_state,
+    managed_container,
+    newest_replica_set,
+    parse_startup_log,
+    preflight_job_body,
+    replica_set_pods,
+    rollout_status,
+    terminated_exit_code,
+    unmanaged_changes,
+)
+from fillprob_operator.domain.actions import EmitEvent, PatchEnv, RunPreflight
+from fillprob_operator.domain.observations import JobState
+
+
+def deployment(**status) -> dict:
+    return {
+        "metadata": {"name": "grinder", "namespace": "trading", "uid": "dep-uid", "generation": 4},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "grinder"}},
+            "template": {
+                "metadata": {"labels": {"app": "grinder"}, "annotations": {"prometheus.io/scrape": "true"}},
+                "spec": {
+                    "serviceAccountName": "grinder",
+                    "nodeSelector": {"disk": "ssd"},
+                    "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                    "volumes": [{"name": "model", "hostPath": {"path": "/data/model"}}],
+                    "containers": [
+                        {
+                            "name": "grinder",
+                            "image": "grinder-sim:local",
+                            "args": ["--serve"],
+                            "envFrom": [{"configMapRef": {"name": "grinder-common"}}],
+                            "volumeMounts": [{"name": "model", "mountPath": "/model"}],
+                            "env": [
+                                {"name": "GRINDER_FILL_MODEL_DIR", "value": "/model"},
+                                {"name": "GRINDER_FILL_MODEL_ENFORCE", "value": "0"},
+                                {"name": "GRINDER_FILL_PROB_ENFORCE_SYMBOLS", "value": "SYM1"},
+                                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                {"name": "GRINDER_FILL_PROB_AUTO_THRESHOLD",
+                                 "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+                            ],
+                        },
+                        {"name": "sidecar", "image": "proxy:1", "env": [{"name": "GRINDER_FILL_MODEL_ENFORCE", "value": "9"}]},
+                    ],
+                },
+            },
+        },
+        "status": {"observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2, **status},
+    }
+
+
+def strategic_merge(obj: dict, patch: dict) -> dict:
+    """Just enough of the API server's strategic merge for the body we send:
+    containers and env merged by name, `$patch: delete`, `null` deletes a field."""
+    out = copy.deepcopy(obj)
+
+    def merge(dst: dict, src: dict, path: tuple[str, ...]) -> None:
+        for key, value in src.items():
+            if value is None:
+                dst.pop(key, None)
+            elif key in ("containers", "env") and isinstance(value, list):
+                items = dst.setdefault(key, [])
+                for item in value:
+                    index = next((i for i, x in enumerate(items) if x["name"] == item["name"]), None)
+                    if item.get("$patch") == "delete":
+                        if index is not None:
+                            items.pop(index)
+                    elif index is None:
+                        items.append({k: v for k, v in item.items() if v is not None})
+                    else:
+                        merge(items[index], item, path + (key,))
+            elif isinstance(value, dict):
+                merge(dst.setdefault(key, {}), value, path + (key,))
+            else:
+                dst[key] = value
+
+    merge(out, patch, ())
+    return out
+
+
+ACTION = PatchEnv(
+    container="grinder",
+    set_env={
+        "GRINDER_FILL_MODEL_ENFORCE": "1",
+        "GRINDER_FILL_PROB_AUTO_THRESHOLD": "0",
+        "GRINDER_FILL_PROB_MIN_BPS": "2500",
+        "GRINDER_FILL_MODEL_DIR": "/model",
+    },
+    remove_env=("GRINDER_FILL_PROB_ENFORCE_SYMBOLS", "NEVER_SET"),
+    restart_token="4-2",
+)
+
+
+def test_env_patch_body_is_one_strategic_merge_of_the_managed_keys_only():
+    dep = deployment()
+    body = env_patch_body(managed_container(dep, "grinder"), ACTION)
+    assert body == {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {RESTART_TOKEN_ANNOTATION: "4-2"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "grinder",
+                            "env": [
+                                {"name": "GRINDER_FILL_MODEL_ENFORCE", "value": "1"},
+                                # had valueFrom: dropped so that the literal is valid
+                                {"name": "GRINDER_FILL_PROB_AUTO_THRESHOLD", "value": "0", "valueFrom": None},
+                                {"name": "GRINDER_FILL_PROB_MIN_BPS", "value": "2500"},
+                                {"name": "GRINDER_FILL_PROB_ENFORCE_SYMBOLS", "$patch": "delete"},
+                            ],
+                        }
+                    ]
+                },
+            }
+        }
+    }
+
+
+def test_applied_patch_leaves_other_env_and_other_containers_untouched():
+    before = deployment()
+    after = strategic_merge(before, env_patch_body(managed_container(before, "grinder"), ACTION))
+    assert unmanaged_changes(before, after, "grinder", [*ACTION.set_env, *ACTION.remove_env]) == []
+    env = env_literals(managed_container(after, "grinder"))
+    assert env["GRINDER_FILL_MODEL_ENFORCE"] == "1"
+    assert env["GRINDER_FILL_PROB_AUTO_THRESHOLD"] == "0"
+    assert env["GRINDER_FILL_PROB_MIN_BPS"] == "2500"
+    assert "GRINDER_FILL_PROB_ENFORCE_SYMBOLS" not in env
+    assert env["POD_NAME"] is None  # valueFrom kept
+    assert managed_container(after, "sidecar") == managed_container(before, "sidecar")
+    template_annotations = after["spec"]["template"]["metadata"]["annotations"]
+    assert template_annotations == {"prometheus.io/scrape": "true", RESTART_TOKEN_ANNOTATION: "4-2"}
+
+
+def test_unmanaged_changes_are_reported():
+    before = deployment()
+    after = copy.deepcopy(before)
+    after["spec"]["template"]["spec"]["containers"][1]["env"][0]["value"] = "1"
+    after["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "OTHER", "value": "x"})
+    problems = unmanaged_changes(before, after, "grinder", ACTION.set_env)
+    assert "container 'sidecar' changed" in problems
+    assert any("OTHER" in p for p in problems)
+
+
+def test_env_patch_with_nothing_to_change_still_restarts():
+    dep = deployment()
+    action = PatchEnv(container="grinder", set_env={"GRINDER_FILL_MODEL_ENFORCE": "0"}, restart_token="4-3")
+    assert env_patch_body(managed_container(dep, "grinder"), action) == {
+        "spec": {"template": {"metadata": {"annotations": {RESTART_TOKEN_ANNOTATION: "4-3"}}}}
+    }
+
+
+def test_managed_container_is_named_or_first():
+    dep = deployment()
+    assert managed_container(dep, None)["name"] == "grinder"
+    assert managed_container(dep, "sidecar")["name"] == "sidecar"
+    assert managed_container(dep, "missing") is None
+
+
+@pytest.mark.parametrize(
+    "changes, complete, message",
+    [
+        ({}, True, "successfully rolled out"),
+        ({"observedGeneration": 3}, False, "spec update to be observed"),
+        ({"updatedReplicas": 1}, False, "1 out of 2 new replicas"),
+        ({"replicas": 3}, False, "1 old replicas are pending termination"),
+        ({"availableReplicas": 1}, False, "1 of 2 updated replicas are available"),
+        ({"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]},
+         False, "exceeded its progress deadline"),
+    ],
+)
+def test_rollout_status_is_kubectl_rollout_status(changes, complete, message):
+    ok, text = rollout_status(deployment(**changes))
+    assert ok is complete
+    assert message in text
+
+
+def test_newest_replica_set_and_its_pods():
+    dep = deployment()
+
+    def rs(name, revision, owner="dep-uid"):
+        return {"metadata": {"name": name, "uid": f"{name}-uid", "labels": {"pod-template-hash": name[-3:]},
+                             "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                             "ownerReferences": [{"uid": owner}]}}
+
+    sets = [rs("grinder-aaa", 1), rs("grinder-bbb", 3), rs("grinder-ccc", 9, owner="other"), rs("grinder-ddd", 2)]
+    newest = newest_replica_set(dep, sets)
+    assert newest["metadata"]["name"] == "grinder-bbb"
+
+    def pod(name, rs_name, hash_, deleting=False, created="2024-01-01T00:00:00Z"):
+        meta = {"name": name, "uid": name, "labels": {"pod-template-hash": hash_}, "creationTimestamp": created,
+                "ownerReferences": [{"uid": f"{rs_name}-uid"}]}
+        if deleting:
+            meta["deletionTimestamp"] = "2024-01-01T00:01:00Z"
+        return {"metadata": meta}
+
+    pods = [
+        pod("grinder-bbb-2", "grinder-bbb", "bbb", created="2024-01-01T00:00:05Z"),
+        pod("grinder-bbb-1", "grinder-bbb", "bbb"),
+        pod("grinder-aaa-1", "grinder-aaa", "aaa"),
+        pod("grinder-bbb-3", "grinder-bbb", "bbb", deleting=True),
+    ]
+    assert [p["metadata"]["name"] for p in replica_set_pods(newest, pods)] == ["grinder-bbb-1", "grinder-bbb-2"]
+
+
+def test_parse_startup_log_takes_the_first_resolution_line_and_every_breaker_trip():
+    log = "\n".join([
+        "2024-05-01T10:00:00Z INFO booting",
+        "2024-05-01T10:00:01Z INFO engine: FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only "
+        "recommended_bps=2400 configured_bps=2500 effective_bps=2500\r",
+        "FILL_PROB_THRESHOLD_RESOLUTION_FAILED reason_code=late detail=ignored",
+        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=46 rate_pct=92.0",
+        "order SYM1 blocked",
+        "WARN fill_prob_gate: FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=50 rate_pct=100.0",
+    ])
+    resolution, trips = parse_startup_log(log)
+    assert resolution == (
+        "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only recommended_bps=2400 "
+        "configured_bps=2500 effective_bps=2500"
+    )
+    assert trips == (
+        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=46 rate_pct=92.0",
+        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=50 rate_pct=100.0",
+    )
+    assert parse_startup_log("THRESHOLD_RESOLVE_SKIPPED reason=model_dir_unset\n") == (
+        "THRESHOLD_RESOLVE_SKIPPED reason=model_dir_unset", ())
+    assert parse_startup_log("") == (None, ())
+    assert parse_startup_log("XFILL_PROB_THRESHOLD_RESOLUTION_OK mode=x") == (None, ())
+
+
+def test_preflight_job_runs_the_managed_container_image_env_and_volumes():
+    owner = {"apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout",
+             "metadata": {"name": "grinder-rollout", "namespace": "trading", "uid": "fpr-uid"}}
+    action = RunPreflight(job_name="grinder-rollout-preflight-1", container="grinder",
+                          command=("python3", "-m", "scripts.preflight_fill_prob"), timeout_seconds=600)
+    dep = deployment()
+    job = preflight_job_body(owner, dep, action)
+    assert job["metadata"]["name"] == "grinder-rollout-preflight-1"
+    assert job["metadata"]["namespace"] == "trading"
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout", "name": "grinder-rollout",
+        "uid": "fpr-uid", "controller": True, "blockOwnerDeletion": True}]
+    assert job["metadata"]["labels"]["grinder.io/fillprobrollout"] == "grinder-rollout"
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 600
+    assert spec["ttlSecondsAfterFinished"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "grinder"
+    assert pod["nodeSelector"] == {"disk": "ssd"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert pod["volumes"] == dep["spec"]["template"]["spec"]["volumes"]
+    (container,) = pod["containers"]
+    source = managed_container(dep, "grinder")
+    assert container["image"] == "grinder-sim:local"
+    assert container["command"] == ["python3", "-m", "scripts.preflight_fill_prob"]
+    assert container["env"] == source["env"]
+    assert container["envFrom"] == source["envFrom"]
+    assert container["volumeMounts"] == source["volumeMounts"]
+    assert "args" not in container  # would be appended to the preflight command
+    # not the Deployment's labels: its ReplicaSet and its Prometheus selector must not see the Job
+    assert spec["template"]["metadata"]["labels"].get("app") is None
+
+
+def test_job_state_and_exit_code():
+    assert job_state(None) is JobState.ABSENT
+    assert job_state({"status": {}}) is JobState.RUNNING
+    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) is JobState.SUCCEEDED
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "True"}]}}) is JobState.FAILED
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}}) is JobState.RUNNING
+    pod = {"status": {"containerStatuses": [{"name": "preflight", "state": {"terminated": {"exitCode": 1}}}]}}
+    assert terminated_exit_code(pod) == 1
+    assert terminated_exit_code({"status": {"containerStatuses": [{"name": "preflight", "state": {"running": {}}}]}}) is None
+
+
+def test_event_body_points_at_the_rollout():
+    owner = {"apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout",
+             "metadata": {"name": "r", "namespace": "ns", "uid": "u"}}
+    body = event_body(owner, EmitEvent("Warning", "CircuitBreakerTripped", "R1 applied"),
+                      datetime(2024, 1, 1, tzinfo=timezone.utc), "fillprob-operator", "host")
+    assert body["involvedObject"] == {"apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout",
+                                      "name": "r", "namespace": "ns", "uid": "u"}
+    assert (body["type"], body["reason"], body["message"]) == ("Warning", "CircuitBreakerTripped", "R1 applied")
+    assert body["firstTimestamp"] == "2024-01-01T00:00:00Z"
+    assert body["metadata"] == {"generateName": "r.", "namespace": "ns"}

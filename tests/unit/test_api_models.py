@@ -1,0 +1,226 @@
+"""The pydantic models of spec and status against API.md (defaults, aliases, rules, messages)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fillprob_operator.api import (
+    DEFAULT_PREFLIGHT_COMMAND,
+    FillProbRolloutSpec,
+    Phase,
+    RiskAppetite,
+    RolloutStatus,
+    SpecError,
+    State,
+    parse_spec,
+    status_from_dict,
+)
+from fillprob_operator.domain.durations import DURATION_PATTERN
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = {"deploymentName": "grinder", "targetPhase": "Canary", "canarySymbols": ["SYM1"]}
+
+
+def spec_with(**fields) -> dict:
+    return {**MINIMAL, **fields}
+
+
+def problems(body: dict) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(body)
+    return str(caught.value)
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults_are_api_md_table() -> None:
+    spec = parse_spec(MINIMAL)
+    assert spec.container_name is None
+    assert spec.expand_batches == () and spec.safe_symbols == ()
+    assert spec.min_bps is None
+    assert spec.risk_appetite is RiskAppetite.MODERATE
+    assert spec.observation.shadow == timedelta(hours=24)
+    assert spec.observation.canary == timedelta(hours=1)
+    assert spec.observation.expand_batch == timedelta(hours=4)
+    assert spec.observation.full == timedelta(hours=24)
+    assert spec.observation.auto_threshold == timedelta(hours=24)
+    assert spec.preflight.enabled is True
+    assert spec.preflight.command == DEFAULT_PREFLIGHT_COMMAND
+    assert spec.preflight.timeout == timedelta(minutes=10)
+    assert spec.prometheus.url is None and spec.prometheus.selector is None
+    assert spec.prometheus.interval == timedelta(seconds=30)
+    assert spec.gates.max_block_ratio == 0.99
+    assert spec.gates.min_orders == 20
+    assert spec.gates.threshold_range is None
+    assert spec.gates.max_auto_threshold_delta_bps is None
+    assert spec.progress_deadline == timedelta(minutes=10)
+    assert spec.suspend is False
+
+
+def test_default_preflight_command_is_the_runbooks() -> None:
+    assert list(DEFAULT_PREFLIGHT_COMMAND) == [
+        "python3", "-m", "scripts.preflight_fill_prob", "--model", "$(GRINDER_FILL_MODEL_DIR)",
+        "--eval", "$(GRINDER_FILL_PROB_EVAL_DIR)", "--auto-threshold",
+    ]
+
+
+@pytest.mark.parametrize(
+    "appetite, window",
+    [("Conservative", timedelta(hours=24)), ("Moderate", timedelta(hours=4)), ("Aggressive", timedelta(hours=1))],
+)
+def test_expand_batch_window_follows_risk_appetite(appetite: str, window: timedelta) -> None:
+    spec = parse_spec(spec_with(riskAppetite=appetite))
+    assert spec.observation.expand_batch == window
+    assert spec.observation_window(Phase.EXPAND) == window
+
+
+def test_explicit_expand_batch_window_wins_over_risk_appetite() -> None:
+    spec = parse_spec(spec_with(riskAppetite="Conservative", observation={"expandBatch": "90s"}))
+    assert spec.observation_window(Phase.EXPAND) == timedelta(seconds=90)
+
+
+def test_observation_window_per_phase() -> None:
+    spec = parse_spec(spec_with(observation={"shadow": "1h30m", "canary": "250ms", "full": "2h", "autoThreshold": "1.5h"}))
+    assert spec.observation_window(Phase.SHADOW) == timedelta(minutes=90)
+    assert spec.observation_window(Phase.CANARY) == timedelta(milliseconds=250)
+    assert spec.observation_window(Phase.FULL) == timedelta(hours=2)
+    assert spec.observation_window(Phase.AUTO_THRESHOLD) == timedelta(minutes=90)
+
+
+# --------------------------------------------------------------------------- aliases, extra fields
+
+
+def test_camel_case_aliases_and_field_names_both_parse() -> None:
+    by_alias = parse_spec(spec_with(minBps=2500, gates={"maxBlockRatio": 0.5, "thresholdRange": {"minBps": 1, "maxBps": 2}}))
+    by_name = FillProbRolloutSpec(deployment_name="grinder", target_phase="Canary", canary_symbols=["SYM1"],
+                                  min_bps=2500, gates={"max_block_ratio": 0.5, "threshold_range": {"min_bps": 1, "max_bps": 2}})
+    assert by_alias == by_name
+
+
+def test_dump_is_camel_case_json_with_go_durations_and_round_trips() -> None:
+    spec = parse_spec(spec_with(observation={"shadow": "1h30m"}, prometheus={"interval": "2s"}))
+    body = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert body["observation"] == {"shadow": "1h30m", "canary": "1h", "expandBatch": "4h", "full": "24h",
+                                   "autoThreshold": "24h"}
+    assert body["prometheus"]["interval"] == "2s"
+    assert body["progressDeadline"] == "10m"
+    assert parse_spec(json.loads(json.dumps(body))) == spec
+
+
+@pytest.mark.parametrize("body", [spec_with(bogus=1), spec_with(gates={"maxBlockRatio": 0.5, "typo": 1}),
+                                  spec_with(observation={"expand": "1h"})])
+def test_unknown_fields_are_refused(body: dict) -> None:
+    assert "unknown field" in problems(body)
+
+
+def test_the_example_rollout_parses() -> None:
+    example = yaml.safe_load((REPO / "examples" / "fillprobrollout.yaml").read_text())
+    spec = parse_spec(example["spec"])
+    assert spec.target_phase is Phase.AUTO_THRESHOLD
+
+
+# --------------------------------------------------------------------------- rules and messages
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"deploymentName": "grinder", "targetPhase": "Canary"}, "canarySymbols is required"),
+        ({"deploymentName": "grinder", "targetPhase": "Full", "canarySymbols": []}, "unless targetPhase is Shadow"),
+        (spec_with(targetPhase="Expand"), "targetPhase Expand needs at least one expandBatches entry"),
+        (spec_with(canarySymbols=["SYM1", "SYM1"]), "duplicate symbols in canarySymbols: SYM1"),
+        (spec_with(expandBatches=[["SYM1"]]), "SYM1 listed in both canarySymbols and expandBatches"),
+        (spec_with(expandBatches=[["SYM2"], ["SYM2"]]), "SYM2 is listed more than once in expandBatches"),
+        (spec_with(expandBatches=[["SYM2", "SYM2"]]), "SYM2 is listed more than once in expandBatches"),
+        (spec_with(expandBatches=[[]]), "expandBatches[0] is empty"),
+        (spec_with(safeSymbols=["SYM9"]), "safeSymbols must be a subset of canarySymbols; not in canarySymbols: SYM9"),
+        (spec_with(gates={"thresholdRange": {"minBps": 5000, "maxBps": 1000}}), "minBps (5000) must be <= thresholdRange.maxBps (1000)"),
+        (spec_with(prometheus={"interval": "500ms"}), "prometheus.interval must be at least 1s"),
+        (spec_with(preflight={"timeout": "0s"}), "preflight.timeout must be at least 1s"),
+        (spec_with(progressDeadline="100ms"), "progressDeadline must be at least 1s"),
+        (spec_with(observation={"shadow": "10"}), "must be a duration such as 90s, 4h or 1h30m"),
+        (spec_with(observation={"full": "4 hours"}), "must be a duration"),
+        (spec_with(progressDeadline="1d"), "must be a duration"),
+        (spec_with(targetPhase="Preflight"), "targetPhase must be one of Shadow, Canary, Expand, Full, AutoThreshold"),
+        (spec_with(targetPhase="Everything"), "spec.targetPhase"),
+        (spec_with(riskAppetite="Reckless"), "spec.riskAppetite"),
+        (spec_with(canarySymbols=["btcusdt"]), "symbol 'btcusdt' must be 1-32 upper-case letters"),
+        (spec_with(canarySymbols=["SYM1,SYM2"]), "not 'A,B'"),
+        (spec_with(minBps=10001), "spec.minBps"),
+        (spec_with(gates={"maxBlockRatio": 1.5}), "spec.gates.maxBlockRatio"),
+        (spec_with(gates={"minOrders": 0}), "spec.gates.minOrders"),
+        (spec_with(prometheus={"selector": "pod=grinder"}), "must be a double-quoted string"),
+        (spec_with(prometheus={"url": "prometheus:9090"}), "absolute http or https URL"),
+        (spec_with(deploymentName="Grinder_1"), "spec.deploymentName"),
+        ({"targetPhase": "Shadow"}, "spec.deploymentName: Field required"),
+    ],
+)
+def test_invalid_specs_say_what_to_fix(body: dict, expected: str) -> None:
+    assert expected in problems(body)
+
+
+def test_shadow_target_needs_no_canary_symbols() -> None:
+    spec = parse_spec({"deploymentName": "grinder", "targetPhase": "Shadow"})
+    assert spec.canary_symbols == ()
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    error = problems(spec_with(minBps=-1, prometheus={"interval": "0s"}))
+    assert "spec.minBps" in error and "spec.prometheus.interval" in error
+
+
+def test_valid_selector_and_url_are_kept() -> None:
+    spec = parse_spec(spec_with(prometheus={"url": "http://127.0.0.1:19090", "selector": 'job="grinder",pod=~"g-.*"'}))
+    assert spec.prometheus.selector == 'job="grinder",pod=~"g-.*"'
+
+
+# --------------------------------------------------------------------------- CRD agreement
+
+
+def _crd_spec_schema() -> dict:
+    crd = yaml.safe_load((REPO / "crds" / "fillprobrollouts.grinder.io.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def test_duration_grammar_is_the_crds() -> None:
+    rules = _crd_spec_schema()["properties"]["progressDeadline"]["x-kubernetes-validations"]
+    crd_regex = re.search(r"self\.matches\('([^']*)'\)", rules[0]["rule"]).group(1)
+    assert crd_regex == DURATION_PATTERN
+
+
+def test_default_command_is_the_crds() -> None:
+    schema = _crd_spec_schema()["properties"]["preflight"]["properties"]["command"]
+    assert tuple(schema["default"]) == DEFAULT_PREFLIGHT_COMMAND
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_from_dict_none_when_nothing_written() -> None:
+    assert status_from_dict(None) is None
+    assert status_from_dict({}) is None
+    assert status_from_dict({"kopf": {"progress": {}}}) is None
+
+
+def test_status_round_trips_through_json_and_ignores_foreign_keys() -> None:
+    at = datetime(2026, 3, 2, 9, 0, 0, 123456, tzinfo=timezone.utc)
+    status = RolloutStatus(phase=Phase.CANARY, step="Canary", state=State.OBSERVING, observed_generation=3,
+                           enforced_symbols=["SYM1"], enforced_symbol_count=1, observation_started_at=at)
+    body = status.to_patch_body()
+    assert body["observationStartedAt"] == "2026-03-02T09:00:00Z"
+    assert body["phase"] == "Canary" and body["state"] == "Observing" and body["observedGeneration"] == 3
+    assert "lastRollback" not in body  # exclude_none
+    again = status_from_dict({**json.loads(json.dumps(body)), "kopf": {"x": 1}})
+    assert again == status
+
+
+def test_status_that_does_not_parse_raises() -> None:
+    with pytest.raises(ValueError, match="status does not parse"):
+        status_from_dict({"state": "Sideways"})
