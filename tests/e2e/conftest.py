@@ -117,3 +117,34 @@ def k8s_api(testbed: Testbed):
     from kubernetes import config
 
     return config.new_client_from_config(config_file=testbed.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(k8s_api):
+    from support import ensure_crd
+
+    ensure_crd(k8s_api)
+
+
+@pytest.fixture
+def grinder_env(request, k8s_api, crd_installed, tmp_path_factory):
+    """A fresh namespace with the operator running for it (started, not yet given a rollout).
+
+    The test applies the grinder Deployment and its FillProbRollout through the returned Env.
+    """
+    from support import OperatorProcess, delete_env, make_env
+
+    env = make_env(k8s_api, request.node.name.replace("_", "-").lower()[:40].strip("-"))
+    log_dir = tmp_path_factory.mktemp("operator-logs")
+    env.operator = OperatorProcess(env.namespace, log_dir).start()
+    yield env
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(env.operator.tail(200))
+    delete_env(env)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

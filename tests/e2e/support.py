@@ -1,0 +1,294 @@
+"""Shared pieces of the operator e2e tests: a namespace per test, the example grinder
+Deployment, a FillProbRollout, the operator as a real process, and polling with deadlines.
+
+The operator runs as `python -m fillprob_operator` against the testbed, scoped to the test's
+namespace, so tests in different namespaces never see each other's rollouts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from kubernetes import client
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples"
+CRD_FILE = REPO_ROOT / "crds" / "fillprobrollouts.grinder.io.yaml"
+GROUP, VERSION, PLURAL = "grinder.io", "v1alpha1", "fillprobrollouts"
+MANAGED_KEYS = (
+    "GRINDER_FILL_MODEL_ENFORCE",
+    "GRINDER_FILL_PROB_ENFORCE_SYMBOLS",
+    "GRINDER_FILL_PROB_AUTO_THRESHOLD",
+    "GRINDER_FILL_PROB_MIN_BPS",
+)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
+    """Poll `probe` until it returns something truthy; fail with `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except Exception as exc:  # noqa: BLE001 - a probe that raises is "not yet"
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_crd(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(CRD_FILE.read_text())
+    try:
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        ext.create_custom_resource_definition(body)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for("CRD Established", established, 30)
+
+
+@dataclass
+class Env:
+    """One test's world: its namespace, clients, and helpers on its Deployment and rollout."""
+
+    api: client.ApiClient
+    namespace: str
+    deployment: str = "grinder"
+    rollout: str = "grinder"
+    operator: "OperatorProcess | None" = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    # --- the grinder Deployment -------------------------------------------------------
+    def apply_grinder(self, env_overrides: dict[str, str | None] | None = None, replicas: int = 2) -> dict:
+        """Create the example grinder Deployment, env changed by `env_overrides` (None removes)."""
+        body = yaml.safe_load((EXAMPLES / "grinder-deployment.yaml").read_text())
+        body["metadata"]["name"] = self.deployment
+        body["metadata"]["namespace"] = self.namespace
+        body["spec"]["replicas"] = replicas
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        env = [e for e in container.get("env", []) if e["name"] not in (env_overrides or {})]
+        for key, value in (env_overrides or {}).items():
+            if value is not None:
+                env.append({"name": key, "value": value})
+        container["env"] = env
+        self.apps.create_namespaced_deployment(self.namespace, body)
+        return body
+
+    def grinder_env(self) -> dict[str, str | None]:
+        dep = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
+        container = dep.spec.template.spec.containers[0]
+        return {e.name: e.value for e in container.env or []}
+
+    def managed_env(self) -> dict[str, str | None]:
+        env = self.grinder_env()
+        return {k: env[k] for k in MANAGED_KEYS if k in env}
+
+    def wait_grinder_available(self, timeout: float = 90) -> None:
+        def available() -> bool:
+            d = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
+            s = d.status
+            return bool(
+                s.observed_generation == d.metadata.generation
+                and (s.updated_replicas or 0) == d.spec.replicas
+                and (s.available_replicas or 0) == d.spec.replicas
+                and (s.replicas or 0) == d.spec.replicas
+            )
+
+        wait_for("grinder Deployment available", available, timeout)
+
+    def grinder_pods(self) -> list[client.V1Pod]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector="app=grinder").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+
+    def sim_fault(self, fault: dict, pod: client.V1Pod | None = None) -> list[dict]:
+        """POST /sim/faults to one pod, or to every running grinder pod."""
+        results = []
+        for p in [pod] if pod else self.grinder_pods():
+            req = urllib.request.Request(
+                f"http://{p.status.pod_ip}:9090/sim/faults",
+                data=json.dumps(fault).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (loopback pod IP)
+                results.append(json.loads(resp.read()))
+        return results
+
+    # --- the FillProbRollout ------------------------------------------------------------
+    def rollout_body(self, **spec_overrides: Any) -> dict:
+        body = yaml.safe_load((EXAMPLES / "fillprobrollout.yaml").read_text())
+        body["metadata"] = {"name": self.rollout, "namespace": self.namespace}
+        body["spec"]["deploymentName"] = self.deployment
+        body["spec"].update(copy.deepcopy(spec_overrides))
+        return body
+
+    def apply_rollout(self, **spec_overrides: Any) -> dict:
+        return self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.rollout_body(**spec_overrides)
+        )
+
+    def get_rollout(self) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.rollout)
+
+    def status(self) -> dict:
+        return self.get_rollout().get("status") or {}
+
+    def patch_spec(self, **spec: Any) -> dict:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.rollout, {"spec": spec}
+        )
+
+    def annotate(self, annotations: dict[str, str | None]) -> dict:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.rollout, {"metadata": {"annotations": annotations}}
+        )
+
+    def wait_status(self, what: str, predicate: Callable[[dict], bool], timeout: float = 120) -> dict:
+        def probe() -> dict | None:
+            st = self.status()
+            return st if predicate(st) else None
+
+        try:
+            return wait_for(what, probe, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nstatus now: {json.dumps(self.status(), indent=1)[:4000]}"
+                                 f"\n{self.operator.tail() if self.operator else ''}") from None
+
+    def wait_state(self, state: str, step: str | None = None, timeout: float = 120) -> dict:
+        return self.wait_status(
+            f"state={state} step={step}",
+            lambda st: st.get("state") == state and (step is None or st.get("step") == step),
+            timeout,
+        )
+
+    def events(self) -> list[client.CoreV1Event]:
+        return [
+            e for e in self.core.list_namespaced_event(self.namespace).items
+            if e.involved_object.kind == "FillProbRollout" and e.involved_object.name == self.rollout
+        ]
+
+    def condition(self, type_: str) -> dict | None:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), None)
+
+
+class OperatorProcess:
+    """`python -m fillprob_operator` for one namespace, output kept in a file."""
+
+    def __init__(self, namespace: str, log_dir: Path, extra_env: dict[str, str] | None = None):
+        self.namespace = namespace
+        self.metrics_port = free_port()
+        self.log_path = log_dir / f"operator-{namespace}-{uuid.uuid4().hex[:6]}.log"
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> "OperatorProcess":
+        env = dict(os.environ)
+        env.update(
+            {
+                "FILLPROB_NAMESPACES": self.namespace,
+                "FILLPROB_METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+                "FILLPROB_PROMETHEUS_URL": os.environ["PROMETHEUS_URL"],
+                "FILLPROB_PROMETHEUS_LOOKBACK": "10s",
+                "FILLPROB_WEBHOOK_ADDR": "off",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log.write(f"--- start {self.starts + 1} ---\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fillprob_operator"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.starts += 1
+        return self
+
+    def kill9(self) -> None:
+        """Crash: SIGKILL the whole process group, no cleanup handlers run."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+            return r.read().decode()
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "operator log tail:\n" + "\n".join(text)
+
+
+def make_env(api: client.ApiClient, prefix: str) -> Env:
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+    return Env(api=api, namespace=ns)
+
+
+def delete_env(env: Env) -> None:
+    if env.operator:
+        env.operator.stop()
+    try:
+        env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, env.rollout)
+    except client.ApiException:
+        pass
+    try:
+        env.core.delete_namespace(env.namespace)
+    except client.ApiException:
+        pass
