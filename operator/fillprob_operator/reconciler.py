@@ -305,7 +305,13 @@ class Reconciler:
             ),
             decision,
         )
-        self.inbox.ack(namespace, name, queued)
+        # Ack only what decide() took into history: a request that arrived on a tick where
+        # the domain did not look at it (suspended, Deployment missing) stays queued.
+        consumed = {
+            (entry.get("evidence") or {}).get("requestKey")
+            for entry in (result.status.get("history") or [])
+        }
+        self.inbox.ack(namespace, name, tuple(q for q in queued if q.key in consumed))
 
         new = result.status
         if previous_state in GATED_STATES:

@@ -57,14 +57,15 @@ class ScriptedDecide:
         actions: list[Any] = []
         dep = observations.deployment
         for request in observations.rollback_requests:
-            if any(h.get("key") == request.key for h in status.get("history", [])):
+            if any(h["evidence"].get("requestKey") == request.key for h in status.get("history", [])):
                 continue
             actions.append(PatchEnv(container="grinder", set_env={"GRINDER_FILL_MODEL_ENFORCE": "0"},
                                     restart_token=f"{generation}-rb"))
             if request.reason == "ManualRollback":
                 actions.append(ClearRollbackAnnotation())
             status.update(state="RolledBack", lastRollback={"playbook": request.playbook, "reason": request.reason, "at": stamp})
-            status.setdefault("history", []).append({"key": request.key, "source": request.source})
+            status.setdefault("history", []).append(
+                {"evidence": {"requestKey": request.key, "source": request.source}})
         if status["state"] == "Pending":
             actions += [RunPreflight(job_name=f"{name}-preflight-1", container="grinder",
                                      command=("python3", "-m", "scripts.preflight_fill_prob"), timeout_seconds=600),
@@ -403,3 +404,77 @@ def test_handlers_are_registered_for_fillprobrollouts():
     assert sorted(h.id for h in registry._changing.get_all_handlers() if h.selector.check(resource)) == [
         "rollback_requested/metadata.annotations.grinder.io/rollback", "spec_changed/spec"]
     assert {"startup", "cleanup"} <= {h.id for h in registry._activities.get_all_handlers()}
+
+
+def test_webhook_submit_queues_only_for_a_running_rollout(world):
+    cluster, clock, prometheus, decide, memo = world
+    request = RollbackRequest(playbook="", reason="AlertFired", source="FillProbCircuitBreakerTripped{}",
+                              key="alert:fp-9:2026-01-01T00:00:00Z")
+
+    async def scenario():
+        assert handlers.submit_rollback(memo, request, NS, NAME) is False  # no daemon yet: unknown
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: len(decide.seen) == 1)
+        assert handlers.submit_rollback(memo, request, NS, "other") is False
+        assert handlers.submit_rollback(memo, request, NS, NAME) is True
+        await until(lambda: len(decide.seen) == 2)  # woken at once, not after the 30s interval
+        assert decide.seen[-1][1].rollback_requests == (request,)
+        stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await asyncio.wait_for(daemon, 5)
+        assert handlers.submit_rollback(memo, request, NS, NAME) is False
+
+    asyncio.run(scenario())
+
+
+def test_startup_serves_the_webhook_when_configured(tmp_path, monkeypatch):
+    import json as _json
+    import urllib.error
+    import socket
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        "clusters: [{name: t, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: t, user: {token: x}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: t}}]\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("FILLPROB_METRICS_ADDR", "off")
+    monkeypatch.setenv("FILLPROB_WEBHOOK_ADDR", f"127.0.0.1:{port}")
+    monkeypatch.setenv("FILLPROB_WEBHOOK_TOKEN", "s3cret")
+    monkeypatch.delenv("FILLPROB_WEBHOOK_TOKEN_FILE", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    memo = kopf.Memo()
+    body = _json.dumps({"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "X", "fillprob_rollout": NAME, "namespace": NS},
+        "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "f1"}]}).encode()
+
+    def post(token: str) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/alertmanager", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, _json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _json.loads(exc.read())
+
+    async def scenario():
+        await handlers.startup(settings=kopf.OperatorSettings(), memo=memo)
+        try:
+            assert (await asyncio.to_thread(post, "wrong"))[0] == 401
+            status, result = await asyncio.to_thread(post, "s3cret")
+            assert status == 200 and result["rejected"] and not result["accepted"]  # unknown rollout
+            memo.rollouts.add((NS, NAME))
+            status, result = await asyncio.to_thread(post, "s3cret")
+            assert status == 200 and result["accepted"]
+            assert [r.key for r in memo.rollback_inbox.pending(NS, NAME)] == ["alert:f1:2026-01-01T00:00:00Z"]
+        finally:
+            await handlers.cleanup(memo=memo)
+
+    asyncio.run(scenario())
+    with socket.socket() as s:  # cleanup closed the listener
+        assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -260,3 +260,31 @@ def test_a_bad_rollback_annotation_is_rejected_in_history_and_removed(world):
     assert "R9" in s["history"][0]["evidence"]["source"]
     assert "grinder.io/rollback" not in cluster.get("FillProbRollout", NS, NAME)["metadata"]["annotations"]
     assert s["state"] == "Preflight"  # nothing else changed: the walk goes on
+
+
+def test_a_queued_alert_waits_while_suspended_and_applies_on_resume(world):
+    """The inbox is acked only for requests the domain took into history."""
+    from fillprob_operator.domain.observations import RollbackRequest
+
+    cluster, clock, prometheus, memo = world
+
+    async def scenario():
+        await tick(memo, clock, 0)
+        cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
+        await tick(memo, clock)
+        pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+        scrape(prometheus, pods, enforce=0.0, allowlist=0.0)
+        await tick(memo, clock)
+        cluster.get("FillProbRollout", NS, NAME)["spec"]["suspend"] = True
+        await tick(memo, clock)
+        assert status(cluster)["state"] == "Suspended"
+        request = RollbackRequest(playbook="R1", reason="AlertFired", source="alert test", key="alert:fp1:t0")
+        memo.rollback_inbox.put(NS, NAME, request)
+        await tick(memo, clock)
+        assert memo.rollback_inbox.pending(NS, NAME) == (request,)
+        cluster.get("FillProbRollout", NS, NAME)["spec"]["suspend"] = False
+        await tick(memo, clock)
+        assert memo.rollback_inbox.pending(NS, NAME) == ()
+        assert any(h["evidence"].get("requestKey") == "alert:fp1:t0" for h in status(cluster)["history"])
+
+    asyncio.run(scenario())
