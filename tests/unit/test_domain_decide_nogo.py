@@ -453,3 +453,23 @@ def test_r3_from_auto_threshold_reads_as_full() -> None:
     assert (d.status.phase, d.status.step) == (Phase.FULL, "Full (R3)")
     d.complete_restart()
     assert d.status.restart.verified and d.status.threshold.mode == "recommend_only"
+
+
+def test_alert_for_a_trip_the_gates_already_answered_does_not_escalate() -> None:
+    """The gates roll back first; the alert for the same trip (started earlier) arrives later."""
+    d = Driver(make_spec())
+    d.walk_to("Full")
+    d.world.requests = (request("R2", "gate-stand-in"),)
+    d.tick()
+    rolled_back_at = d.status.last_rollback.at
+    earlier = RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:1",
+                              evidence={"startsAt": (rolled_back_at - timedelta(seconds=3)).isoformat()})
+    d.world.requests = (earlier,)
+    decision = d.tick(timedelta(seconds=5))
+    assert patches(decision) == [] and d.status.last_rollback.playbook.value == "R2"
+    assert d.status.history[-1].action == "RollbackSkipped"
+    later = RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:2",
+                            evidence={"startsAt": (d.now + timedelta(seconds=1)).isoformat()})
+    d.world.requests = (later,)
+    decision = d.tick(timedelta(seconds=5))
+    assert patches(decision) and d.status.last_rollback.playbook.value == "R1"  # a new trip escalates

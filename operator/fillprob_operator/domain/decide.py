@@ -738,6 +738,12 @@ class _Rollout:
                             f"{reason.value} ({request.source}): nothing applied yet, nothing to roll back",
                             evidence, sets_reason=False)
             return
+        if reason is Reason.ALERT_FIRED and self.alert_already_answered(request):
+            self.transition("RollbackSkipped", Progress.ROLLBACK_SKIPPED,
+                            f"{request.source}: the alert started before the last rollback "
+                            f"({s.last_rollback.playbook.value} at {_rfc3339(s.last_rollback.at)}), "
+                            "which already answered it", evidence, sets_reason=False)
+            return
         response: Response | None
         if request.playbook:
             response = Playbook(request.playbook)
@@ -750,6 +756,23 @@ class _Rollout:
             self.halt(reason, f"{message}: the gate table says Halt for a CB trip at {s.step}", evidence)
         else:
             self.roll_back(response, reason.value, message, evidence)  # type: ignore[arg-type]
+
+    def alert_already_answered(self, request: RollbackRequest) -> bool:
+        """An alert that started before the last rollback reports what that rollback answered.
+
+        The gates usually see a circuit-breaker trip before Alertmanager delivers its alert;
+        escalating again for the same trip would be a second rollback for one signal.
+        """
+        s = self.s
+        if s.state is not State.ROLLED_BACK or s.last_rollback is None:
+            return False
+        try:
+            started = datetime.fromisoformat(str(request.evidence.get("startsAt", "")).replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=timezone.utc)
+        return started < s.last_rollback.at + timedelta(seconds=1)  # `at` is whole seconds
 
     # ------------------------------------------------------------------ spec changes, suspend
 
