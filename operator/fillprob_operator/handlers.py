@@ -5,12 +5,15 @@
 - one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken,
   `Reconciler.tick` (observe -> decide -> execute);
 - update handlers for `spec` and the `grinder.io/rollback` annotation only wake the daemon;
+- the Alertmanager webhook receiver (FILLPROB_WEBHOOK_ADDR) queues alert rollbacks in the
+  rollout's inbox and wakes its daemon;
 - cleanup: close what startup opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +34,7 @@ from .reconciler import (
     kv,
 )
 from .settings import Settings
+from .webhook import WebhookConfig, make_webhook_app, start_webhook_server
 
 logger = logging.getLogger("fillprob_operator")
 
@@ -89,6 +93,8 @@ def build_runtime(
     # The seam for alert-driven rollback: the Alertmanager receiver puts RollbackRequests
     # here, per (namespace, name); the daemon drains them into `decide()`.
     memo.rollback_inbox = RollbackInbox(wake=memo.wakeups.wake)
+    # (namespace, name) of the rollouts whose daemon runs here: the webhook accepts only those.
+    memo.rollouts = set()
     memo.reconciler = Reconciler(
         kube=memo.kube,
         gateway=memo.gateway,
@@ -109,15 +115,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     served = None
     if config.metrics_host_port is not None:
         served = memo.metrics.serve(*config.metrics_host_port)
+    webhook = WebhookConfig.from_env()
+    if webhook is not None:
+        app = make_webhook_app(webhook.token_provider, functools.partial(submit_rollback, memo))
+        memo.webhook_runner = await start_webhook_server(app, webhook.host, webhook.port)
     logger.info(kv(
         "startup", prometheus_url=config.prometheus_url, lookback=config.prometheus_lookback,
         metrics=f"{served[0]}:{served[1]}" if served else "off",
+        webhook=f"{webhook.host}:{webhook.port}" if webhook else "off",
         namespaces=",".join(config.namespaces) or "*", peering=config.peering,
     ))
 
 
+def submit_rollback(memo: Any, request: Any, namespace: str, name: str) -> bool:
+    """The webhook's `submit`: queue for a rollout this operator runs; False for any other."""
+    if (namespace, name) not in memo.rollouts:
+        return False
+    memo.rollback_inbox.put(namespace, name, request)
+    return True
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "webhook_runner" in memo:
+        await memo.webhook_runner.cleanup()
     for closer in ("gateway", "kube", "metrics"):
         if closer in memo:
             memo[closer].close()
@@ -157,6 +178,7 @@ async def wait_for_next_tick(stopped: Any, wake: asyncio.Event, timeout: float) 
 async def rollout(namespace: str, name: str, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
     """The rollout's loop: level-based, so a restart resumes from `status`."""
     wake = memo.wakeups.event(namespace, name)
+    memo.rollouts.add((namespace, name))
     interval = DEFAULT_INTERVAL_SECONDS
     gone = False
     try:
@@ -173,6 +195,8 @@ async def rollout(namespace: str, name: str, memo: kopf.Memo, stopped: Any, **_:
                 break
             await wait_for_next_tick(stopped, wake, interval)
     finally:
+        # Stopped for any reason (deleted, a peering pause, exiting): no more alerts for it here.
+        memo.rollouts.discard((namespace, name))
         if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
             memo.metrics.forget(namespace, name)
             memo.wakeups.drop(namespace, name)

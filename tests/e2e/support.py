@@ -282,12 +282,34 @@ def make_env(api: client.ApiClient, prefix: str) -> Env:
 
 
 def delete_env(env: Env) -> None:
-    if env.operator:
-        env.operator.stop()
+    """Delete the rollout while the operator still runs (it removes its finalizer), then the rest.
+
+    A finalizer left behind (operator already gone) is removed by hand, so the namespace
+    never sticks in Terminating.
+    """
     try:
         env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, env.rollout)
     except client.ApiException:
         pass
+
+    def rollout_gone() -> bool:
+        try:
+            env.get_rollout()
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    try:
+        wait_for("FillProbRollout deleted", rollout_gone, 20)
+    except AssertionError:
+        try:
+            env.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, env.namespace, PLURAL, env.rollout, {"metadata": {"finalizers": None}}
+            )
+        except client.ApiException:
+            pass
+    if env.operator:
+        env.operator.stop()
     try:
         env.core.delete_namespace(env.namespace)
     except client.ApiException:
