@@ -120,7 +120,8 @@ class Env:
     def grinder_env(self) -> dict[str, str | None]:
         dep = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
         container = dep.spec.template.spec.containers[0]
-        return {e.name: e.value for e in container.env or []}
+        # The API server drops `value: ""`; an entry with neither value nor valueFrom is empty.
+        return {e.name: (e.value if e.value is not None or e.value_from else "") for e in container.env or []}
 
     def managed_env(self) -> dict[str, str | None]:
         env = self.grinder_env()
