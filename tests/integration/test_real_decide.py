@@ -119,7 +119,9 @@ def test_preflight_shadow_canary_then_circuit_breaker_rollback(world):
         assert (s["phase"], s["state"]) == ("Shadow", "Observing"), s.get("message")
         assert get("fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Shadow", "state": "Observing"}) == 1
 
-        await tick(memo, clock, 61)  # the Shadow window has passed: on to Canary
+        await tick(memo, clock, 61)  # the Shadow window has passed
+        assert status(cluster)["state"] == "Passed"
+        await tick(memo, clock)  # one interval later: on to Canary
         s = status(cluster)
         assert (s["phase"], s["state"], s["enforcedSymbols"]) == ("Canary", "Restarting", ["SYM1"])
         assert env_of(cluster)["GRINDER_FILL_PROB_ENFORCE_SYMBOLS"] == "SYM1"

@@ -261,6 +261,8 @@ class Driver:
                 self.complete_restart()
             elif state == "Observing":
                 self.pass_window()
+            elif state == "Passed":
+                self.tick(self.spec.prometheus.interval)  # Passed stands one evaluation interval
             else:
                 raise AssertionError(f"stuck before {step}: {state} {self.status.reason} {self.status.message}")
         raise AssertionError(f"did not reach {step}: {self.status}")
@@ -277,6 +279,8 @@ class Driver:
                 self.complete_restart()
             elif state == "Observing":
                 self.pass_window()
+            elif state == "Passed":
+                self.tick(self.spec.prometheus.interval)  # Passed stands one evaluation interval
             else:
                 raise AssertionError(f"stuck before {step}: {state} {self.status.reason} {self.status.message}")
         raise AssertionError(f"did not reach {step}: {self.status}")

@@ -240,6 +240,10 @@ def test_each_step_waits_for_its_whole_window() -> None:
     d.tick(ends - d.now - timedelta(seconds=1))
     assert d.status.state is State.OBSERVING and d.status.step == "Shadow"
     d.tick(timedelta(seconds=1))
+    assert d.status.step == "Shadow" and d.status.state is State.PASSED  # seen for one interval
+    d.tick(d.spec.prometheus.interval - timedelta(seconds=1))
+    assert d.status.step == "Shadow" and d.status.state is State.PASSED
+    d.tick(timedelta(seconds=1))
     assert d.status.step == "Canary" and d.status.state is State.RESTARTING
 
 
@@ -297,7 +301,7 @@ def test_higher_target_climbs_from_passed() -> None:
     d.pass_window()
     assert d.status.state is State.PASSED
     d.change_spec(targetPhase="Full")
-    d.tick()
+    d.tick(d.spec.prometheus.interval)
     assert d.status.step == "Expand 1/2" and d.status.state is State.RESTARTING
 
 
@@ -324,7 +328,8 @@ def test_unrelated_spec_change_keeps_the_window() -> None:
 def test_refuses_auto_threshold_when_recommended_is_far_from_configured() -> None:
     d = Driver(make_spec(gates={"maxAutoThresholdDeltaBps": 200}))  # recommended 3000 vs configured 2500
     d.walk_to("Full")
-    decision = d.pass_window()
+    d.pass_window()
+    decision = d.tick(d.spec.prometheus.interval)
     assert d.status.state is State.PASSED and d.status.step == "Full"
     assert d.status.reason == "UnexpectedThreshold" and "maxAutoThresholdDeltaBps" in d.status.message
     assert patches(decision) == []
@@ -401,6 +406,7 @@ def test_resumes_from_a_stored_status() -> None:
     assert decision.actions == () and decision.changed is False
     d.status = stored
     d.pass_window()
+    d.tick(d.spec.prometheus.interval)
     assert d.status.step == "Expand 2/2"
 
 

@@ -369,6 +369,7 @@ def test_suspend_then_resume_continues_the_window() -> None:
     assert d.status.state is State.SUSPENDED and d.status.step == "Shadow"
     d.change_spec(suspend=False)
     d.tick()
+    d.tick(d.spec.prometheus.interval)
     assert d.status.step == "Canary" and d.status.state is State.RESTARTING
 
 
@@ -400,6 +401,7 @@ def test_window_pauses_while_metrics_are_missing_and_is_extended() -> None:
     assert d.status.history[-1].action == "MetricsAvailable"
     assert d.status.state is State.OBSERVING
     d.tick(d.status.observation_ends_at - d.now)
+    d.tick(d.spec.prometheus.interval)
     assert d.status.step == "Expand 1/2"
 
 

@@ -42,6 +42,10 @@ Choices where API.md is silent:
   (an outage still extends it); on resume every signal is evaluated before any promotion.
 - Model/eval dir change while walking: preflight reruns (the step stays guarded), then the
   step is redone; a required dir removed is the "resolution skipped" row.
+- A Passed step below targetPhase stands for one evaluation interval (prometheus.interval)
+  before the next step starts, so `state: Passed` is seen in status for every step.
+- An alert that started before the last rollback is covered by it (RollbackSkipped): the gates
+  usually answer a CB trip before Alertmanager delivers the alert for that same trip.
 - In Full/AutoThreshold (no allowlist) enforcedSymbols = spec symbols + symbols the new pods
   trade (grinder_router_orders_total); enforcedSymbolCount = len(enforcedSymbols).
 """
@@ -543,6 +547,9 @@ class _Rollout:
         current, target = self.current(), self.target()
         if current is None or current >= target:
             return
+        ends = self.s.observation_ends_at
+        if ends is not None and self.now < ends + self.spec.prometheus.interval:
+            return  # Passed stands for one evaluation interval: seen in status, then the next step
         if self.ladder[current + 1].phase is Phase.AUTO_THRESHOLD and self.refuse_auto_threshold():
             return
         self.start_step(current + 1, Progress.STEP_STARTED)
