@@ -229,10 +229,14 @@ class Reconciler:
         self.domain = domain
         self.inbox = inbox
         self.default_prometheus_url = default_prometheus_url
+        # Per rollout: when the gates last looked at its Prometheus data and found no no-go
+        # (for fillprob_rollout_detection_seconds; lost on restart, which only loosens it).
+        self._clean_look_at: dict[tuple[str, str], datetime] = {}
 
     async def tick(self, namespace: str, name: str) -> TickOutcome:
         body = await self.kube.read_rollout(namespace, name)
         if body is None:
+            self._clean_look_at.pop((namespace, name), None)
             return TickOutcome(interval=DEFAULT_INTERVAL_SECONDS, gone=True)
         meta = body.get("metadata") or {}
         raw_spec = body.get("spec") or {}
@@ -302,6 +306,7 @@ class Reconciler:
                 observations=observations,
                 rollback_annotation=annotation_value if annotation_request else None,
                 rollback_reason_annotation=ROLLBACK_REASON_ANNOTATION in (meta.get("annotations") or {}),
+                clean_look_at=self._clean_look_at.get((namespace, name)),
             ),
             decision,
         )
@@ -314,10 +319,13 @@ class Reconciler:
         self.inbox.ack(namespace, name, tuple(q for q in queued if q.key in consumed))
 
         new = result.status
+        gate_result = self._gate_result(raw_status, new, result.rollback, metrics.available)
         if previous_state in GATED_STATES:
-            self.metrics.gate_evaluations.labels(
-                self._gate_result(raw_status, new, result.rollback, metrics.available)
-            ).inc()
+            self.metrics.gate_evaluations.labels(gate_result).inc()
+        if previous_state in GATED_STATES and gate_result == GATE_GO and metrics.queried_at is not None:
+            self._clean_look_at[(namespace, name)] = metrics.queried_at
+        else:
+            self._clean_look_at.pop((namespace, name), None)
         phase, state = str(new.get("phase", "")), str(new.get("state", ""))
         self.metrics.set_info(namespace, name, phase, state)
         self._log_transition(namespace, name, raw_status, new, result)

@@ -37,6 +37,9 @@ class ExecutionContext:
     observations: Observations | None = None
     rollback_annotation: str | None = None
     rollback_reason_annotation: bool = False
+    # When this process last had the gates look at this rollout's Prometheus data and find
+    # no no-go (None: unknown, e.g. after a restart). A no-go seen now became visible after it.
+    clean_look_at: datetime | None = None
 
 
 @dataclass
@@ -69,6 +72,17 @@ def oldest_sample(observations: Observations | None) -> datetime | None:
         return None
     stamps = [p.sampled_at for p in observations.metrics.pods.values() if p.sampled_at is not None]
     return min(stamps) if stamps else None
+
+
+def detection_start(clean_look_at: datetime | None, sampled: datetime | None) -> datetime | None:
+    """Since when the no-go was (at most) visible in Prometheus.
+
+    The newest samples alone under-count: the no-go may have shown several scrapes before
+    this evaluation, up to an evaluation interval earlier. The previous look that found no
+    no-go bounds it: the no-go became visible after that. Without one, the samples' age.
+    """
+    known = [t for t in (clean_look_at, sampled) if t is not None]
+    return min(known) if known else None
 
 
 class Executor:
@@ -122,8 +136,8 @@ class Executor:
         ).inc()
         if result.env_patched_at is None or reason in EXTERNAL_REASONS:
             return
-        sampled = oldest_sample(ctx.observations)
-        if sampled is not None:
+        started = detection_start(ctx.clean_look_at, oldest_sample(ctx.observations))
+        if started is not None:
             self._metrics.detection_seconds.observe(
-                max(0.0, (result.env_patched_at - sampled).total_seconds())
+                max(0.0, (result.env_patched_at - started).total_seconds())
             )

@@ -34,6 +34,14 @@ Matcher = Callable[[Labels], bool]
 
 UNREACHABLE = "PrometheusUnreachable"
 SERIES_ABSENT = "SeriesAbsent"
+SERIES_STALE = "SeriesStale"
+_LOOKBACK_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def lookback_seconds(lookback: str) -> float:
+    """`"10s"` / `"1m"` (Settings' FILLPROB_PROMETHEUS_LOOKBACK grammar) -> seconds."""
+    number = lookback.rstrip("smhd")
+    return float(number) * _LOOKBACK_UNITS[lookback[len(number):]]
 
 # PodMetrics field -> PromQL (runbook 32, "Quick Reference: Metrics", plus the per-symbol
 # order counter the block-ratio gate needs). `{lookback}` is the operator's lookback window.
@@ -165,6 +173,7 @@ class PrometheusGateway:
     ) -> None:
         self._connect = connect
         self._queries = gate_queries(lookback)
+        self._lookback_seconds = lookback_seconds(lookback)
         self._timeout = timeout
         self._executor = executor
         self._metrics = metrics
@@ -213,8 +222,19 @@ class PrometheusGateway:
         if snapshot.results is None:
             return MetricsObservation(available=False, reason=UNREACHABLE, queried_at=snapshot.queried_at)
         pods = split_by_pod(snapshot.results, matches)
+        # A restarted Prometheus answers with the samples it had before it stopped (no
+        # staleness markers are written at shutdown) until it scrapes again: a pod whose
+        # newest scrape is older than the lookback (or three intervals) is not data now.
+        fresh_after = snapshot.queried_at.timestamp() - max(self._lookback_seconds, 3 * float(interval_seconds))
+        stale = {name: p.sampled_at.timestamp() for name, p in pods.items()
+                 if p.sampled_at is not None and p.sampled_at.timestamp() < fresh_after}
+        pods = {name: p for name, p in pods.items() if name not in stale}
         if not any(has_data(p) for p in pods.values()):  # scraped, but no gate series (yet)
-            return MetricsObservation(available=False, reason=SERIES_ABSENT, queried_at=snapshot.queried_at)
+            reason = SERIES_ABSENT
+            if stale:
+                age = snapshot.queried_at.timestamp() - max(stale.values())
+                reason = f"{SERIES_STALE}: the pods' newest scrape is {age:.0f}s old"
+            return MetricsObservation(available=False, reason=reason, queried_at=snapshot.queried_at)
         return MetricsObservation(available=True, pods=pods, queried_at=snapshot.queried_at)
 
     def _client(self, url: str) -> QueryClient:
