@@ -53,6 +53,21 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, every: 
         time.sleep(every)
 
 
+def holds_for(seconds: float, predicate: Callable[[], Any], what: str, every: float = 0.5) -> Any:
+    """Assert `predicate()` stays truthy for `seconds` (polled); returns its last value.
+
+    The one place e2e tests wait a fixed time: to show that something does NOT happen.
+    """
+    deadline = time.monotonic() + seconds
+    last: Any = None
+    while True:
+        last = predicate()
+        assert last, f"{what}: stopped holding after {seconds - (deadline - time.monotonic()):.1f}s"
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,25 +12,13 @@ import time
 from typing import Any, Callable
 
 import pytest
-from support import Env, wait_for
+from support import Env, holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
 
 RESTART_TOKEN = "grinder.io/restart-token"
 REVISION = "deployment.kubernetes.io/revision"
 INTERVAL = 2.0
-
-
-def holds_for(seconds: float, predicate: Callable[[], Any], what: str, every: float = 0.5) -> Any:
-    """Assert `predicate()` stays truthy for `seconds` (polled): something must NOT happen."""
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while True:
-        last = predicate()
-        assert last, f"{what}: stopped holding after {seconds - (deadline - time.monotonic()):.1f}s"
-        if time.monotonic() >= deadline:
-            return last
-        time.sleep(every)
 
 
 def replica_sets(env: Env) -> list[tuple[int, str | None]]:

@@ -23,28 +23,13 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from support import REPO_ROOT, Env, free_port, wait_for
+from support import REPO_ROOT, Env, free_port, holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
 
 TESTBED_PROMETHEUS_YML = REPO_ROOT / ".testbed" / "run" / "prometheus" / "prometheus.yml"
 PROMETHEUS_BIN = REPO_ROOT / ".testbed" / "cache" / "bin" / "prometheus"
 INTERVAL = 2.0  # spec.prometheus.interval of these tests, seconds
-
-
-def holds_for(seconds: float, predicate: Callable[[], Any], what: str, every: float = 0.5) -> Any:
-    """Assert `predicate()` stays truthy for `seconds` (polled); returns its last value.
-
-    This is the one place these tests wait a fixed time: to show that something does NOT happen.
-    """
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while True:
-        last = predicate()
-        assert last, f"{what}: stopped holding after {seconds - (deadline - time.monotonic()):.1f}s"
-        if time.monotonic() >= deadline:
-            return last
-        time.sleep(every)
 
 
 def ts(value: str) -> datetime:
