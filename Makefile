@@ -27,7 +27,7 @@ test-integration: venv ## kopf handlers against fakes
 test-e2e: venv ## needs the testbed (make testbed-up) or KUBECONFIG
 	$(PY) -m pytest tests/e2e -q
 
-test: venv lint-imports ## unit, integration and e2e tiers (brings the testbed up if needed)
+test: venv lint-imports testbed-build ## unit, integration and e2e tiers (builds and brings the testbed up if needed)
 	$(PY) -m pytest tests/unit tests/integration -q
 	./testbed/up.sh
 	$(PY) -m pytest tests/e2e -q

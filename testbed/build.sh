@@ -28,6 +28,7 @@ step_apt() {
   command -v openssl >/dev/null || missing+=("openssl")
   command -v curl >/dev/null || missing+=("curl")
   command -v ss >/dev/null || missing+=("iproute2")
+  command -v jq >/dev/null || missing+=("jq")  # the Argo CD ignoreDifferences test runs its jq paths
   if [ ${#missing[@]} -eq 0 ]; then
     tb_step "Debian packages: present (alertmanager $(prometheus-alertmanager --version 2>&1 | head -1 | awk '{print $3}'), $(openssl version | cut -d' ' -f1-2))"
     return
@@ -142,6 +143,8 @@ build_go() {
 step_go() {
   build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 5-10
   build_go prometheus "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 3-6
+  # promtool of the same release: the dashboard and rule tests parse PromQL with it.
+  build_go promtool "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/promtool "$TB_BIN/promtool" "$(prometheus_ldflags)" 1-2
   build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
 }
 

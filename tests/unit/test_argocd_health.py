@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-lua51 = pytest.importorskip("lupa.lua51", reason="lupa==2.8 is a test dependency: .venv/bin/pip install -e '.[test]'")
+from lupa import lua51  # lupa==2.8, a pinned test dependency
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "gitops" / "argocd"
@@ -327,7 +327,7 @@ def _normalize(obj: dict, expressions: list[str]) -> dict:
     # Argo CD's jq normalizer deletes each path expression: del(<expr>).
     jq = shutil.which("jq")
     if jq is None:
-        pytest.skip("jq not installed (apt-get install jq); the jq paths were not executed")
+        pytest.fail("jq not found: run `make testbed-build` (installs Debian's jq) or apt-get install jq")
     program = " | ".join(f"del({e})" for e in expressions)
     done = subprocess.run([jq, "-c", program], input=json.dumps(obj), capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
