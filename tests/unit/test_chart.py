@@ -24,13 +24,13 @@ RELEASE, NAMESPACE = "fpo", "fillprob-system"
 # What the operator and kopf call, no more (API group, resource, verb).
 NAMESPACED_RULES = {
     *(("grinder.io", "fillprobrollouts", v) for v in ("get", "list", "watch", "patch")),
-    *(("grinder.io", "fillprobrollouts/status", v) for v in ("get", "patch", "update")),
-    *(("apps", "deployments", v) for v in ("get", "list", "watch", "patch")),
-    *(("apps", "replicasets", v) for v in ("get", "list", "watch")),
-    *(("", "pods", v) for v in ("get", "list", "watch")),
+    ("grinder.io", "fillprobrollouts/status", "patch"),
+    *(("apps", "deployments", v) for v in ("get", "patch")),
+    ("apps", "replicasets", "list"),
+    ("", "pods", "list"),
     ("", "pods/log", "get"),
-    *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
-    *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
+    *(("batch", "jobs", v) for v in ("get", "create")),
+    ("", "events", "create"),
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 NAMESPACE_DISCOVERY = {("", "namespaces", v) for v in ("list", "watch")}
