@@ -251,29 +251,18 @@ class Driver:
 
     def walk_to(self, step: str) -> None:
         """From nothing until `step` is Observing (its window running), every gate green."""
-        if self.status is None:
-            self.through_preflight()
-        for _ in range(30):
-            state = self.status.state.value
-            if state == "Observing" and self.status.step == step:
-                return
-            if state == "Restarting":
-                self.complete_restart()
-            elif state == "Observing":
-                self.pass_window()
-            elif state == "Passed":
-                self.tick(self.spec.prometheus.interval)  # Passed stands one evaluation interval
-            else:
-                raise AssertionError(f"stuck before {step}: {state} {self.status.reason} {self.status.message}")
-        raise AssertionError(f"did not reach {step}: {self.status}")
+        self._walk(step, "Observing")
 
     def walk_to_restart(self, step: str) -> None:
         """From nothing until `step`'s restart is issued (its new pods not rolled out yet)."""
+        self._walk(step, "Restarting")
+
+    def _walk(self, step: str, until: str) -> None:
         if self.status is None:
             self.through_preflight()
         for _ in range(30):
             state = self.status.state.value
-            if state == "Restarting" and self.status.step == step:
+            if state == until and self.status.step == step:
                 return
             if state == "Restarting":
                 self.complete_restart()
