@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from support import GROUP, PLURAL, VERSION, wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -74,32 +74,6 @@ def data_dir(grinder_env):
     path.mkdir(parents=True, exist_ok=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def _delete_rollout_first(grinder_env):
-    """Teardown: delete the FillProbRollout while its operator still runs, so the operator
-    removes its finalizer (support.delete_env stops the operator first, which would leave the
-    namespace Terminating forever); a finalizer still there after 30 s is removed by hand."""
-    yield
-    env = grinder_env
-    try:
-        env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, env.rollout)
-    except client.ApiException:
-        return
-    try:
-        wait_for("FillProbRollout deleted", lambda: _rollout_gone(env), 30)
-    except AssertionError:
-        env.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, env.rollout,
-                                                  {"metadata": {"finalizers": None}})
-
-
-def _rollout_gone(env) -> bool:
-    try:
-        env.get_rollout()
-    except client.ApiException as exc:
-        return exc.status == 404
-    return False
 
 
 # ----------------------------------------------------------------------------- 0.1
