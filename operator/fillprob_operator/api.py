@@ -429,6 +429,9 @@ class Restart(_StatusModel):
     set_env: dict[str, str] = {}
     remove_env: list[str] = []
     verified: bool = False
+    # When the Deployment was first seen carrying `token`: progressDeadline counts from here,
+    # not from `issued_at` (an operator that was down never times out a patch it never made).
+    reached_at: Timestamp | None = None
 
 
 class PreflightRun(_StatusModel):
@@ -474,6 +477,18 @@ class RolloutStatus(_StatusModel):
     restart: Restart | None = None
     preflight: PreflightRun | None = None
     resume_state: State | None = None  # the state to return to when `suspend` is cleared
+    suspended_at: Timestamp | None = None  # the window does not count while suspended
+    # Seconds of the current window that did not count (suspended, Deployment missing, metrics
+    # missing): observationEndsAt = observationStartedAt + the step's window + this.
+    paused_seconds: int = 0
+    # The spec of the last generation the operator read (camelCase JSON): it keeps guarding
+    # with it when a newer generation cannot be read, and re-arming compares against it.
+    applied_spec: dict[str, Any] | None = None
+    # metadata.uid of the Deployment the rung was applied to (a recreated one has another).
+    deployment_uid: str | None = None
+    # Keys of the alert (fingerprint + startsAt) and annotation requests already taken, newest
+    # last, bounded: each is applied at most once even after history has rolled over.
+    request_keys: list[str] = []
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

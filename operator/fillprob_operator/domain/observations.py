@@ -23,6 +23,9 @@ class PodStartup:
     resolution_line: str | None
     # Every FILL_PROB_CIRCUIT_BREAKER_TRIPPED line seen in this pod's log.
     circuit_breaker_lines: tuple[str, ...] = ()
+    # False when the pod's log could not be read (API error, stream dropped): missing data,
+    # never "the startup line is missing" (API.md, Everyday change).
+    log_readable: bool = True
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,16 @@ class DeploymentObservation:
     """The managed Deployment as read from the API server."""
 
     exists: bool
+    # metadata.uid: a Deployment deleted and recreated under the same name has a new one.
+    uid: str = ""
     generation: int = 0
     observed_generation: int = 0
     container_names: tuple[str, ...] = ()
     # Env of the managed container: literal values; a valueFrom entry maps to None.
     env: Mapping[str, str | None] = field(default_factory=dict)
+    # Who last set each env entry of the managed container: the field manager of the newest
+    # managedFields entry owning it (e.g. "kubectl-set", "argocd-controller"); "" unknown.
+    env_managers: Mapping[str, str] = field(default_factory=dict)
     # The pod template annotation `grinder.io/restart-token` (our restart marker).
     restart_token: str | None = None
     # True when the rollout is finished as `kubectl rollout status` means it.
@@ -108,3 +116,6 @@ class Observations:
     metrics: MetricsObservation
     preflight: PreflightObservation | None = None
     rollback_requests: tuple[RollbackRequest, ...] = ()
+    # Set when the FillProbRollout's newest spec could not be read: `decide()` is then given
+    # the last spec it applied (status.appliedSpec) and keeps guarding (Ready=False InvalidSpec).
+    spec_error: str = ""
