@@ -205,7 +205,10 @@ def test_operator_restart_resumes_from_status(world):
         finally:
             await handlers.cleanup(memo=fresh)
         after = status(cluster)
-        assert (after["phase"], after["state"], after["restart"]) == (before["phase"], before["state"], before["restart"])
+        def restart(st):  # reachedAt: when a tick first saw the token on the Deployment
+            return {k: v for k, v in st["restart"].items() if k != "reachedAt"}
+
+        assert (after["phase"], after["state"], restart(after)) == (before["phase"], before["state"], restart(before))
         assert cluster.calls["patch_deployment"] == 1
         assert cluster.calls["create_job"] == 1
 
@@ -230,7 +233,9 @@ def test_manual_rollback_annotation_with_the_real_domain(world):
         await handlers.rollback_requested(namespace=NS, name=NAME, new="R1", memo=memo)
         await tick(memo, clock)
         s = status(cluster)
-        assert (s["state"], s["lastRollback"]["playbook"], s["lastRollback"]["reason"]) == ("RolledBack", "R1", "ManualRollback")
+        # At Shadow enforcement is already off: R1 would not narrow, so it is recorded, not applied
+        assert s.get("lastRollback") is None and s["state"] in ("Verifying", "Observing")
+        assert (s["history"][-1]["action"], s["history"][-1]["reason"]) == ("RollbackSkipped", "RollbackSkipped")
         assert s["history"][-1]["evidence"]["source"] == "annotation grinder.io/rollback=R1 by kubectl-annotate"
         assert "grinder.io/rollback" not in cluster.get("FillProbRollout", NS, NAME)["metadata"]["annotations"]
         assert memo.metrics.registry.get_sample_value("fillprob_rollout_detection_seconds_count") == 0

@@ -76,6 +76,7 @@ class World:
     recommended_bps: int = 3000
     replicas: int = 2
     token: str | None = None
+    token_at: datetime | None = None  # when the token reached the Deployment (managedFields time)
     rollout_complete: bool = True
     metrics_available: bool = True
     pods: tuple[PodStartup, ...] = ()
@@ -102,6 +103,7 @@ class World:
             container_names=("grinder",),
             env=dict(self.env),
             restart_token=self.token,
+            restart_token_at=self.token_at,
             rollout_complete=self.rollout_complete,
             rollout_message="successfully rolled out" if self.rollout_complete else "waiting for rollout",
             new_pods=self.pods if self.rollout_complete else (),
@@ -226,7 +228,10 @@ class Driver:
         decision = decide(self.spec, self.status, self.world.observations(), self.now,
                           generation=self.generation, name=NAME, namespace=NAMESPACE)
         self.status = decision.status
+        token = self.world.token
         self.world.apply(decision.actions)
+        if self.world.token != token:
+            self.world.token_at = self.now
         self.last = decision
         return decision
 

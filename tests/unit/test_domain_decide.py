@@ -115,7 +115,7 @@ def test_missing_deployment_holds_and_says_so() -> None:
     decision = decide(spec, None, obs, T0, generation=1, name=NAME, namespace=NAMESPACE)
     assert decision.status.state is State.PENDING
     ready = decision.status.condition("Ready")
-    assert (ready.status, ready.reason) == ("False", "DeploymentNotFound")
+    assert (ready.status, ready.reason) == ("False", "DeploymentMissing")
     assert [type(a) for a in decision.actions] == [EmitEvent]
     again = decide(spec, decision.status, obs, T0 + timedelta(minutes=5), generation=1, name=NAME, namespace=NAMESPACE)
     assert again.actions == () and again.changed is False
@@ -347,17 +347,47 @@ def test_model_change_reruns_preflight_then_redoes_the_step() -> None:
     d.world.recommended_bps = 3300  # a new report: a new recommendation is not a jump
     d.world.roll_out()
     decision = d.tick()
-    assert d.status.state is State.PREFLIGHT and d.status.phase is Phase.CANARY
+    # the rerun runs in the background: the step stays, guarded, and does not climb meanwhile
+    assert d.status.state is State.OBSERVING and d.status.phase is Phase.CANARY
+    assert d.status.preflight.state == "Running"
     (run,) = [a for a in decision.actions if isinstance(a, RunPreflight)]
     assert run.job_name == "grinder-preflight-2"
     d.tick(timedelta(minutes=1))
-    assert d.status.state is State.PREFLIGHT  # still watching, no jump on the new model
+    assert d.status.state is State.OBSERVING  # still watching, no jump on the new model
     d.world.finish_preflight()
     d.tick()
     assert d.status.state is State.RESTARTING and d.status.step == "Canary"
     assert d.status.threshold.recommended_bps == 3300
     d.complete_restart()
     assert d.status.state is State.OBSERVING
+
+
+def test_a_rerun_that_fails_while_enforcing_applies_r1_then_halts() -> None:
+    """API.md, Everyday change: a preflight that fails while enforcement is on applies R1."""
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    d.world.env[EVAL_DIR] = "/data/eval-v2"
+    d.world.roll_out()
+    d.tick()
+    d.world.finish_preflight(ok=False)
+    decision = d.tick(timedelta(seconds=30))
+    (patch,) = [a for a in decision.actions if isinstance(a, PatchEnv)]
+    assert dict(patch.set_env) == {"GRINDER_FILL_MODEL_ENFORCE": "0"}
+    assert d.status.state is State.HALTED and d.status.reason == "PreflightFailed"
+    assert d.status.last_rollback.playbook.value == "R1"
+
+
+def test_a_lower_target_during_a_rerun_is_applied_at_once() -> None:
+    d = Driver(make_spec())
+    d.walk_to("Full")
+    d.world.env[EVAL_DIR] = "/data/eval-v2"
+    d.world.roll_out()
+    d.tick()
+    assert d.status.preflight.state == "Running"
+    d.change_spec(targetPhase="Canary")
+    decision = d.tick()
+    (patch,) = [a for a in decision.actions if isinstance(a, PatchEnv)]
+    assert patch.set_env["GRINDER_FILL_PROB_ENFORCE_SYMBOLS"] == "SYM1,SYM2" and d.status.step == "Canary"
 
 
 # --------------------------------------------------------------------------- crash safety
@@ -479,6 +509,7 @@ def test_lost_status_write_never_undoes_a_newer_patch() -> None:
     decision = decide(d.spec, stale, d.world.observations(), d.now, generation=1, name=NAME, namespace=NAMESPACE)
     assert patches(decision) == []  # ... and the stale status (token 1-2) must not re-apply Canary
     assert decision.status.condition("Ready").reason == "StatusBehindDeployment"
+    d.change_spec(observation={"canary": "2h"})  # a spec change re-arms
     rearmed = decide(d.spec, stale, d.world.observations(), d.now, generation=2, name=NAME, namespace=NAMESPACE)
     (patch,) = patches(rearmed)
     assert patch.restart_token == "2-4" and rearmed.status.state is State.RESTARTING

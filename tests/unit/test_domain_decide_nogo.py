@@ -257,11 +257,23 @@ def test_halted_changes_nothing_until_a_spec_change() -> None:
     d.walk_to("Canary")
     threshold_moves(d)
     assert d.status.state is State.HALTED
-    cb_trip(d)
+    d.tick(timedelta(minutes=1))
     assert d.status.state is State.HALTED and d.last.actions == ()
     d.change_spec(targetPhase="Full")
     d.tick()
     assert d.status.state is State.RESTARTING and d.status.step == "Canary"
+
+
+def test_halted_with_enforcement_on_still_answers_a_cb_trip_with_r1() -> None:
+    """API.md, Everyday change: in Halted the only action allowed is a narrowing."""
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    threshold_moves(d)
+    assert d.status.state is State.HALTED
+    decision = cb_trip(d)
+    (patch,) = patches(decision)
+    assert dict(patch.set_env) == {"GRINDER_FILL_MODEL_ENFORCE": "0"}
+    assert d.status.state is State.ROLLED_BACK and d.status.last_rollback.playbook.value == "R1"
 
 
 # --------------------------------------------------------------------------- manual and alert rollbacks
@@ -359,7 +371,8 @@ def test_suspend_changes_nothing_but_keeps_reporting() -> None:
     assert d.status.state is State.ROLLED_BACK  # resumed, then the trip and the request were seen
 
 
-def test_suspend_then_resume_continues_the_window() -> None:
+def test_suspend_then_resume_continues_the_window_without_the_suspended_time() -> None:
+    """API.md, Everyday change: time while Suspended does not count."""
     d = Driver(make_spec())
     d.walk_to("Shadow")
     ends = d.status.observation_ends_at
@@ -367,10 +380,40 @@ def test_suspend_then_resume_continues_the_window() -> None:
     d.tick(timedelta(hours=1))
     d.tick(ends - d.now + timedelta(hours=1))
     assert d.status.state is State.SUSPENDED and d.status.step == "Shadow"
+    suspended_for = d.now - d.status.suspended_at
     d.change_spec(suspend=False)
     d.tick()
+    assert d.status.state is State.OBSERVING and d.status.observation_ends_at == ends + suspended_for
+    d.tick(d.status.observation_ends_at - d.now)
     d.tick(d.spec.prometheus.interval)
     assert d.status.step == "Canary" and d.status.state is State.RESTARTING
+
+
+def test_resume_after_a_rollback_stays_rolled_back() -> None:
+    """Toggling suspend is not a spec change for re-arming."""
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    cb_trip(d)
+    assert d.status.state is State.ROLLED_BACK
+    d.change_spec(suspend=True)
+    d.tick(timedelta(minutes=1))
+    d.change_spec(suspend=False)
+    decision = d.tick(timedelta(minutes=1))
+    assert d.status.state is State.ROLLED_BACK and patches(decision) == []
+
+
+def test_no_go_seen_while_suspended_is_reported_at_once() -> None:
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    d.change_spec(suspend=True)
+    d.tick()
+    decision = cb_trip(d)
+    degraded = d.status.condition("Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "CircuitBreakerTripped")
+    assert [e.reason for e in decision.actions if getattr(e, "type", "") == "Warning"] == ["CircuitBreakerTripped"]
+    assert patches(decision) == [] and d.status.state is State.SUSPENDED
+    again = d.tick(timedelta(seconds=30))
+    assert [a for a in again.actions if getattr(a, "reason", "") == "CircuitBreakerTripped"] == []
 
 
 # --------------------------------------------------------------------------- missing data
@@ -457,21 +500,25 @@ def test_r3_from_auto_threshold_reads_as_full() -> None:
     assert d.status.restart.verified and d.status.threshold.mode == "recommend_only"
 
 
-def test_alert_for_a_trip_the_gates_already_answered_does_not_escalate() -> None:
-    """The gates roll back first; the alert for the same trip (started earlier) arrives later."""
+def test_alert_rollbacks_narrow_or_do_nothing_whatever_their_starts_at() -> None:
+    """API.md, Everyday change: a requested playbook that narrows is applied, whatever the
+    alert's startsAt; one that would not narrow is RollbackSkipped; each key at most once."""
     d = Driver(make_spec())
-    d.walk_to("Full")
-    d.world.requests = (request("R2", "gate-stand-in"),)
+    d.walk_to("AutoThreshold")
+    d.world.requests = (request("R3", "gate-stand-in"),)
     d.tick()
     rolled_back_at = d.status.last_rollback.at
-    earlier = RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:1",
+    earlier = RollbackRequest(playbook="R1", reason="AlertFired", source="alert CB", key="alert:fp:1",
                               evidence={"startsAt": (rolled_back_at - timedelta(seconds=3)).isoformat()})
     d.world.requests = (earlier,)
     decision = d.tick(timedelta(seconds=5))
-    assert patches(decision) == [] and d.status.last_rollback.playbook.value == "R2"
-    assert d.status.history[-1].action == "RollbackSkipped"
-    later = RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:2",
-                            evidence={"startsAt": (d.now + timedelta(seconds=1)).isoformat()})
-    d.world.requests = (later,)
+    (patch,) = patches(decision)
+    assert dict(patch.set_env) == {"GRINDER_FILL_MODEL_ENFORCE": "0"} and d.status.last_rollback.playbook.value == "R1"
+    d.world.roll_out()
+    decision = d.tick(timedelta(seconds=5))  # the same alert again: nothing
+    assert patches(decision) == [] and d.status.last_rollback.playbook.value == "R1"
+    not_narrower = RollbackRequest(playbook="R3", reason="AlertFired", source="alert R3", key="alert:fp:2")
+    d.world.requests = (not_narrower,)
     decision = d.tick(timedelta(seconds=5))
-    assert patches(decision) and d.status.last_rollback.playbook.value == "R1"  # a new trip escalates
+    assert patches(decision) == [] and d.status.history[-1].action == "RollbackSkipped"
+    assert d.status.history[-1].reason == "RollbackSkipped" and "would not narrow" in d.status.history[-1].evidence["why"]

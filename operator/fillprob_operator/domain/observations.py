@@ -45,6 +45,9 @@ class DeploymentObservation:
     env_managers: Mapping[str, str] = field(default_factory=dict)
     # The pod template annotation `grinder.io/restart-token` (our restart marker).
     restart_token: str | None = None
+    # When that annotation was last written (the managedFields time of the entry owning it):
+    # the moment our env patch reached the Deployment. None: unknown.
+    restart_token_at: datetime | None = None
     # True when the rollout is finished as `kubectl rollout status` means it.
     rollout_complete: bool = False
     rollout_message: str = ""

@@ -26,6 +26,10 @@ class Reason(str, enum.Enum):
     MANUAL_ROLLBACK = "ManualRollback"
     OBSERVATION_PASSED = "ObservationPassed"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
+    ENV_CHANGED_OUTSIDE = "EnvChangedOutside"
+    DEPLOYMENT_MISSING = "DeploymentMissing"
+    INVALID_SPEC = "InvalidSpec"
+    ROLLBACK_SKIPPED = "RollbackSkipped"
 
 
 class Progress(str, enum.Enum):
@@ -44,10 +48,8 @@ class Progress(str, enum.Enum):
     REARMED = "Rearmed"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
-    DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
     CONTAINER_NOT_FOUND = "ContainerNotFound"
     METRICS_RECEIVED = "MetricsReceived"
-    ROLLBACK_SKIPPED = "RollbackSkipped"
     ROLLBACK_REQUEST_INVALID = "RollbackRequestInvalid"
     AS_EXPECTED = "AsExpected"
     NOT_OBSERVED_YET = "NotObservedYet"
