@@ -22,7 +22,7 @@ from .adapters.prometheus import Matcher
 from .api import RolloutStatus, status_from_dict
 from .domain.actions import EmitEvent
 from .domain.durations import parse_duration
-from .domain.observations import Observations, RollbackRequest
+from .domain.observations import MetricsObservation, Observations, RollbackRequest
 from .domain.selector import default_selector, parse_selector
 from .domain.status import READY, set_condition
 from .metrics import GATE_ERROR, GATE_GO, GATE_NODATA, GATE_NOGO, OperatorMetrics
@@ -192,6 +192,13 @@ class DomainPort:
         return cls(parse_spec=parse_spec, parse_status=status_from_dict, decide=decide)
 
 
+def selector_problems(raw_spec: Mapping[str, Any]) -> str:
+    """Why `spec.prometheus.selector` can match no series ("" when it can): no data, said plainly."""
+    text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
+    problems = parse_selector(text).problems if text else ()
+    return "; ".join(f"spec.prometheus.selector: {p}" for p in problems)
+
+
 def selector_matcher(raw_spec: Mapping[str, Any], namespace: str) -> Matcher:
     """`spec.prometheus.selector`, or this Deployment's pods in this namespace."""
     text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
@@ -245,12 +252,24 @@ class Reconciler:
         interval = evaluation_interval(raw_spec)
         now = self.clock.now()
 
+        spec_error = ""
         try:
             spec = self.domain.parse_spec(raw_spec)
-            matches = selector_matcher(raw_spec, namespace)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            await self._invalid_spec(namespace, name, body, raw_status, validation_message(exc), now)
-            return TickOutcome(interval, phase=raw_status.get("phase", ""), state=raw_status.get("state", ""))
+            # API.md: keep guarding the current rung with the last spec applied (status).
+            spec_error = validation_message(exc)
+            applied = raw_status.get("appliedSpec")
+            try:
+                spec = self.domain.parse_spec(applied) if applied else None
+            except ValueError:
+                spec = None
+            if spec is None:
+                await self._invalid_spec(namespace, name, body, raw_status, spec_error, now)
+                return TickOutcome(interval, phase=raw_status.get("phase", ""), state=raw_status.get("state", ""))
+            logger.warning(kv("invalid_spec_guarding", namespace=namespace, name=name, generation=generation,
+                              message=spec_error))
+        read_spec = raw_spec if not spec_error else raw_status.get("appliedSpec") or {}
+        matches = selector_matcher(read_spec, namespace)
         try:
             status = self.domain.parse_status(raw_status)
         except ValueError as exc:
@@ -259,9 +278,9 @@ class Reconciler:
                             error=validation_message(exc, "status")))
             return TickOutcome(interval, phase=raw_status.get("phase", ""), state=raw_status.get("state", ""))
 
-        deployment_name = raw_spec["deploymentName"]
-        url = ((raw_spec.get("prometheus") or {}).get("url") or self.default_prometheus_url).rstrip("/")
-        # The Job is looked at while the preflight runs; its result is in status afterwards.
+        deployment_name = spec.deployment_name
+        url = ((read_spec.get("prometheus") or {}).get("url") or self.default_prometheus_url).rstrip("/")
+        # The Job is looked at while a preflight runs; its result is in status afterwards.
         preflight_status = raw_status.get("preflight") or {}
         job_name = preflight_status.get("jobName") if (
             preflight_status.get("state") == "Running" or raw_status.get("state") == "Preflight"
@@ -275,6 +294,8 @@ class Reconciler:
             self.gateway.observe(url, interval, now, matches),
             self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
         )
+        if problem := selector_problems(read_spec):
+            metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
         annotation_request = rollback_request_from_annotation(body)
         annotation_value = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
         queued = self.inbox.pending(namespace, name)
@@ -283,6 +304,7 @@ class Reconciler:
             metrics=metrics,
             preflight=preflight,
             rollback_requests=((annotation_request,) if annotation_request else ()) + queued,
+            spec_error=spec_error,
         )
 
         previous_state = raw_status.get("state", "")

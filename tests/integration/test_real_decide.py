@@ -295,3 +295,38 @@ def test_a_queued_alert_waits_while_suspended_and_applies_on_resume(world):
         assert any(h["evidence"].get("requestKey") == "alert:fp1:t0" for h in status(cluster)["history"])
 
     asyncio.run(scenario())
+
+
+def test_a_spec_the_operator_cannot_read_keeps_guarding_the_current_rung(world):
+    """API.md, Everyday change: should the operator fail to read a new generation, it keeps
+    guarding the current rung with the last spec it applied, Ready=False reason InvalidSpec."""
+    cluster, clock, prometheus, memo = world
+
+    async def scenario():
+        await tick(memo, clock, 0)
+        cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
+        await tick(memo, clock)
+        pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+        scrape(prometheus, pods, enforce=0.0, allowlist=0.0)
+        await tick(memo, clock)
+        await tick(memo, clock, 61)
+        await tick(memo, clock)
+        pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+        scrape(prometheus, pods, enforce=1.0, allowlist=1.0)
+        await tick(memo, clock)
+        assert (status(cluster)["phase"], status(cluster)["state"]) == ("Canary", "Observing")
+        body = cluster.get("FillProbRollout", NS, NAME)
+        body["spec"]["observation"] = {"canary": "not-a-duration"}  # as if a newer CRD had admitted it
+        body["metadata"]["generation"] = body["metadata"].get("generation", 1) + 1
+        await tick(memo, clock)
+        s = status(cluster)
+        ready = next(c for c in s["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert "spec.observation.canary" in ready["message"] and s["state"] == "Observing"
+        scrape(prometheus, pods, enforce=1.0, allowlist=1.0, trips=1.0)
+        await tick(memo, clock)
+        s = status(cluster)
+        assert (s["state"], s["lastRollback"]["playbook"]) == ("RolledBack", "R1")
+        assert env_of(cluster)["GRINDER_FILL_MODEL_ENFORCE"] == "0"
+
+    asyncio.run(scenario())
