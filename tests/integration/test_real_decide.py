@@ -81,6 +81,17 @@ async def tick(memo, clock: FakeClock, seconds: float = 10.0):
     return await memo.reconciler.tick(NS, NAME)
 
 
+async def observe_shadow(cluster: FakeCluster, clock: FakeClock, prometheus: FakePrometheus, memo) -> list[str]:
+    """Preflight passes, Shadow's pods roll out and are verified: Shadow Observing."""
+    await tick(memo, clock, 0)
+    cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
+    await tick(memo, clock)
+    pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+    scrape(prometheus, pods, enforce=0.0, allowlist=0.0)
+    await tick(memo, clock)
+    return pods
+
+
 def test_preflight_shadow_canary_then_circuit_breaker_rollback(world):
     cluster, clock, prometheus, memo = world
     get = memo.metrics.registry.get_sample_value
@@ -219,12 +230,7 @@ def test_manual_rollback_annotation_with_the_real_domain(world):
     cluster, clock, prometheus, memo = world
 
     async def scenario():
-        await tick(memo, clock, 0)
-        cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
-        await tick(memo, clock)
-        pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
-        scrape(prometheus, pods, enforce=0.0, allowlist=0.0)
-        await tick(memo, clock)
+        await observe_shadow(cluster, clock, prometheus, memo)
         body = cluster.get("FillProbRollout", NS, NAME)
         body["metadata"]["uid"] = "fpr-uid"
         body["metadata"]["annotations"] = {"grinder.io/rollback": "R1"}
@@ -303,12 +309,7 @@ def test_a_spec_the_operator_cannot_read_keeps_guarding_the_current_rung(world):
     cluster, clock, prometheus, memo = world
 
     async def scenario():
-        await tick(memo, clock, 0)
-        cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
-        await tick(memo, clock)
-        pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
-        scrape(prometheus, pods, enforce=0.0, allowlist=0.0)
-        await tick(memo, clock)
+        await observe_shadow(cluster, clock, prometheus, memo)
         await tick(memo, clock, 61)
         await tick(memo, clock)
         pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
