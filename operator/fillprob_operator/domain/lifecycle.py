@@ -18,6 +18,8 @@ from typing import Any
 
 from ..api import FillProbRolloutSpec, Restart, State
 from .ladder import applied_env_from, phase_of_env
+from .outside import managed_now
+from .scope import within
 from .reasons import Progress, Reason
 from .tick import Tick, env_patch_to, token_seq
 
@@ -106,13 +108,17 @@ def recreated(t: Tick) -> None:
     if uid == s.deployment_uid:
         return
     old, s.deployment_uid = s.deployment_uid, uid
-    if s.state is State.HALTED:
-        return  # Halted changes nothing but a narrowing: outside.env_changed answers what it finds
-    patch, token = t.issue_restart(env_patch_to(t.applied))
+    wanted = t.applied
+    if s.state is State.HALTED:  # nothing but a narrowing: the narrower of its env and the rung's
+        theirs = managed_now(t)
+        if within(theirs, wanted):
+            wanted = s.applied_env = theirs
+            s.phase, s.batch, s.step = phase_of_env(theirs, t.ladder, tuple(t.spec.safe_symbols))
+    patch, token = t.issue_restart(env_patch_to(wanted), fold=False)
     evidence = {"oldUid": old, "newUid": uid, "setEnv": dict(patch.set_env), "restartToken": token}
     if s.state is State.ROLLED_BACK:
         s.restart = s.restart.model_copy(update={"verified": False})  # type: ignore[union-attr]
-    elif s.state is not State.PREFLIGHT:
+    elif s.state not in (State.PREFLIGHT, State.HALTED):
         s.state = State.RESTARTING
     s.observation_started_at = s.observation_ends_at = None
     s.paused_seconds = 0
@@ -159,7 +165,8 @@ def replan(t: Tick, changed: bool) -> None:
     current = t.at_or_below()
     if s.state in (State.HALTED, State.ROLLED_BACK):
         if changed:
-            rearm(t, min(current, target), lower=target < current)
+            start = t.rung_within()
+            rearm(t, min(start, target), lower=target < start)
         elif target < current:
             walking.start_step(t, target, Progress.TARGET_LOWERED)
     elif target < current:

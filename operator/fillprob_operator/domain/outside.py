@@ -111,6 +111,8 @@ def env_changed(t: Tick) -> None:
     min_bps_moved = MIN_BPS in changed and t.spec.min_bps is not None
     if within(theirs, ours) and not min_bps_moved:
         s.applied_env = theirs
+        kept = env_patch_to(theirs)  # a recreated Deployment gets this env back, not the rung's
+        s.restart = s.restart.model_copy(update={"set_env": dict(kept.set_env), "remove_env": list(kept.remove_env)})
         phase, batch, label = phase_of_env(theirs, t.ladder, tuple(t.spec.safe_symbols))
         s.phase, s.batch, s.step = phase, batch, label
         s.enforced_symbols = t.enforced_now()
@@ -120,7 +122,7 @@ def env_changed(t: Tick) -> None:
                "the operator will not widen it. Re-arm with a spec change (e.g. targetPhase) when done",
                {**evidence, "kept": True})
         return
-    patch, token = t.issue_restart(env_patch_to(ours))
+    patch, token = t.issue_restart(env_patch_to(ours), fold=False)
     s.observation_started_at = s.observation_ends_at = None
     t.halt(Reason.ENV_CHANGED_OUTSIDE,
            f"env changed by {', '.join(who)} ({what}): an ungated widening, restored to the rung's env "

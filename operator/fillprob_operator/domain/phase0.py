@@ -115,6 +115,9 @@ def foreground(t: Tick) -> None:
     if pf is None or pf.state != "Running":
         start(t, Progress.PREFLIGHT_STARTED, foreground=True)
         return
+    if t.model_dirs() != (pf.model_dir, pf.eval_dir) and not unset_dirs(t.obs.deployment.env):
+        start(t, Progress.MODEL_CHANGED, foreground=True)  # this run checks dirs no longer set
+        return
     seen = _seen(t)
     if seen is not None and seen.state is JobState.SUCCEEDED:
         _passed(t, seen.output, foreground=True)

@@ -1,21 +1,65 @@
 """PromQL label matchers, as `spec.prometheus.selector` holds them: `a="x",b=~"y.*",c!="z",d!~"w"`.
 
-Parsed once at the edge (a bad selector is a spec error with a message saying what to fix);
+Parsed once at the edge. The CRD is where a selector is valid or not (its grammar and, with
+CEL's RE2 `matches`, its regexes); this parser reads every selector the CRD admits. A shape it
+cannot read at all (only a spec that skipped the API server) is a SelectorError. A regex that
+RE2 cannot compile is NOT an error here: that matcher matches nothing and says why in
+`Matcher.problem` / `Selector.problems` ("no data", never a rejected spec that stops guarding).
+
 `Selector.matches` answers "is this series one of ours" the way Prometheus would: a missing
-label is the empty string, regular expressions are fully anchored.
+label is the empty string, regular expressions are RE2 (google-re2, the engine family of Go's
+regexp that Prometheus uses), compiled as Prometheus compiles them: `^(?s:<value>)$`.
+Quoted values are PromQL double-quoted strings: `\\` `\"` `\n` `\t` ... unescape as in Go
+(the CRD admits only those); any other escaped character stands for itself.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import re
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import re2
 
 _NAME = re.compile(r"\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _SEPARATOR = re.compile(r"\s*,\s*")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"'}
+_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"'}
+_RENDER = {char: "\\" + letter for letter, char in _ESCAPES.items()}
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad regex is reported in Matcher.problem, not on stderr
+
+
+@functools.lru_cache(maxsize=1024)
+def re2_compile(pattern: str) -> Any:
+    """`pattern` compiled with RE2 as Go's regexp reads it; ValueError saying why it cannot.
+
+    google-re2 is RE2's C++ engine; Go's regexp (Prometheus, the API server's CEL) refuses
+    the one escape C++ accepts, `\\C` (any byte), so it is refused here too.
+    """
+    escaped = False
+    for char in pattern:
+        if escaped and char == "C":
+            raise ValueError("invalid escape sequence: \\C")
+        escaped = not escaped and char == "\\"
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise ValueError(str(detail)) from None
+
+
+def compile_regex(value: str) -> Any:
+    """A matcher's `value` as Prometheus compiles it (`^(?s:<value>)$`); ValueError saying why not."""
+    try:
+        return re2_compile(f"^(?s:{value})$")
+    except ValueError as exc:
+        raise ValueError(f"not a valid RE2 regex ({exc})") from None
 
 
 class MatchOp(str, enum.Enum):
@@ -30,24 +74,33 @@ class Matcher:
     label: str
     op: MatchOp
     value: str
+    # Why this matcher can never match (its regex does not compile); "" when it is fine.
+    problem: str = field(default="", compare=False)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.problem:
+            return False  # no series is ours: "no data", never a guess
         actual = labels.get(self.label, "")
         if self.op is MatchOp.EQUAL:
             return actual == self.value
         if self.op is MatchOp.NOT_EQUAL:
             return actual != self.value
-        hit = re.fullmatch(self.value, actual) is not None
+        hit = compile_regex(self.value).search(actual) is not None
         return hit if self.op is MatchOp.REGEX else not hit
 
     def render(self) -> str:
-        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        escaped = "".join(_RENDER.get(c, c) for c in self.value)
         return f'{self.label}{self.op.value}"{escaped}"'
 
 
 @dataclass(frozen=True)
 class Selector:
     matchers: tuple[Matcher, ...]
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why this selector matches nothing (e.g. a regex RE2 cannot compile); () when fine."""
+        return tuple(m.problem for m in self.matchers if m.problem)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
@@ -66,7 +119,11 @@ def _unescape(raw: str) -> str:
 
 
 def parse_selector(text: str) -> Selector:
-    """`'job="grinder",pod=~"grinder-.*"'` -> Selector; SelectorError saying what is wrong."""
+    """`'job="grinder",pod=~"grinder-.*"'` -> Selector; SelectorError saying what is wrong.
+
+    Never an error for a selector the CRD admits: a regex RE2 cannot compile gives a matcher
+    that matches nothing, with its `problem` (see `Selector.problems`).
+    """
     matchers: list[Matcher] = []
     position = 0
     while True:
@@ -82,14 +139,13 @@ def parse_selector(text: str) -> Selector:
             )
         op = MatchOp(name.group(2))
         value = _unescape(string.group(1))
+        problem = ""
         if op in (MatchOp.REGEX, MatchOp.NOT_REGEX):
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise SelectorError(
-                    f"selector {text!r}: {name.group(1)}{op.value} is not a valid regex: {exc}"
-                ) from None
-        matchers.append(Matcher(name.group(1), op, value))
+                compile_regex(value)
+            except ValueError as exc:
+                problem = f"selector regex invalid: {name.group(1)}{op.value}{string.group(0)}: {exc}; it matches nothing"
+        matchers.append(Matcher(name.group(1), op, value, problem))
         position = string.end()
         if not text[position:].strip():
             return Selector(tuple(matchers))

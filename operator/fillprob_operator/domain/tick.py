@@ -121,6 +121,17 @@ class Tick:
     def at_or_below(self) -> int:
         return max(0, index_at_or_below(self.ladder, self.s.phase, self.s.batch))
 
+    def rung_within(self) -> int:
+        """The highest rung whose env enforces no more than what is applied now: where a
+        re-arm starts, so nothing widens without a Passed step below it (API.md, Up)."""
+        from .scope import within
+
+        applied = self.applied
+        for index in range(len(self.ladder) - 1, 0, -1):
+            if within(self.ladder[index].env(self.spec.min_bps).apply_to(applied), applied):
+                return index
+        return 0
+
     def spec_symbols(self) -> set[str]:
         return set(self.spec.canary_symbols) | {x for b in self.spec.expand_batches for x in b}
 
@@ -145,10 +156,11 @@ class Tick:
         d = self.obs.deployment
         return self.our_pods() and d.rollout_complete and d.observed_generation >= d.generation
 
-    def issue_restart(self, patch: EnvPatch) -> tuple[EnvPatch, str]:
-        """A new restart token; a previous patch the Deployment never got is folded in."""
+    def issue_restart(self, patch: EnvPatch, *, fold: bool = True) -> tuple[EnvPatch, str]:
+        """A new restart token; a previous patch the Deployment never got is folded in (unless
+        `patch` sets every managed key anyway: a restore or a re-apply)."""
         s, previous = self.s, self.s.restart
-        if previous is not None and self.obs.deployment.restart_token != previous.token:
+        if fold and previous is not None and self.obs.deployment.restart_token != previous.token:
             patch = EnvPatch(previous.set_env, tuple(previous.remove_env)).then(patch)
         seq = (previous.seq if previous else 0) + 1
         s.restart = Restart(seq=seq, token=restart_token(self.generation, seq), issued_at=self.now,

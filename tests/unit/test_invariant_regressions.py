@@ -1,0 +1,94 @@
+"""Counterexamples the state machine (test_invariants.py) found, as named example tests.
+
+Each test is the shrunk sequence, replayed on the same simulated world (`Sim`), asserting what
+API.md / notes/design.md require. Named after the promise it holds the domain to.
+"""
+
+from __future__ import annotations
+
+from invariants import ENFORCE, scope_of
+from test_invariants import MODEL_DIR, Sim, spec_body
+
+from fillprob_operator.api import State
+from fillprob_operator.domain.actions import PatchEnv, RunPreflight
+from fillprob_operator.domain.decide import decide
+
+
+def world(body: dict) -> Sim:
+    sim = Sim(body)
+    sim.check = False  # each test asserts its own promise
+    return sim
+
+
+def walk_until(sim: Sim, state: str, step: str | None = None, limit: int = 40) -> None:
+    """The happy path (Job ends, rollouts end, windows elapse) until `state` at `step`."""
+    if sim.status is None:
+        sim.tick()
+    for _ in range(limit):
+        if sim.status.state.value == state and (step is None or sim.status.step == step):
+            return
+        sim.progress()
+        sim.tick()
+    raise AssertionError(f"did not reach {state} {step}: {sim.status.state.value} {sim.status.step}")
+
+
+def decide_again(sim: Sim):
+    return decide(sim.spec, sim.status, sim.observations(), sim.now, generation=sim.generation,
+                  name="grinder", namespace="trading")
+
+
+# --------------------------------------------------------------------------- I8
+
+
+def test_decide_again_after_preflight_passed_asks_for_nothing_when_the_model_changed_meanwhile() -> None:
+    """I8: the model dir changed while the first preflight ran; the tick that reads the Job's
+    success must already know (rerun, or start the step), not leave a RunPreflight for later."""
+    sim = world(spec_body("Shadow"))
+    sim.tick()  # Preflight, Job started
+    sim.edit_env(MODEL_DIR, "/models/v2", "argocd-controller")
+    sim.recommended_bps += 100
+    sim.tick()
+    sim.finish_job(ok=True)
+    sim.tick()  # check_all asserts: decide again after the actions asks for no PatchEnv/RunPreflight
+    again = decide_again(sim)
+    assert not [a for a in again.actions if isinstance(a, (PatchEnv, RunPreflight))]
+
+
+# --------------------------------------------------------------------------- I3
+
+
+def test_r1_annotation_while_enforcement_is_off_is_rollback_skipped() -> None:
+    """I3 / design 10: "a requested playbook that narrows the current env is applied ... one that
+    would not narrow is recorded (RollbackSkipped, with why) and changes nothing"."""
+    sim = world(spec_body("Canary"))
+    walk_until(sim, "Observing", "Shadow")
+    assert sim.env.get(ENFORCE) == "0"
+    before = dict(sim.env)
+    sim.annotate("R1")
+    sim.tick()
+    assert sim.status.last_rollback is None
+    assert sim.status.state is State.OBSERVING
+    assert sim.status.history[-1].reason == "RollbackSkipped"
+    assert {k: sim.env.get(k) for k in before} == before
+
+
+# --------------------------------------------------------------------------- I1 / I4
+
+
+def test_person_narrowing_is_kept_when_the_deployment_is_recreated_while_halted() -> None:
+    """I1/I4: "A narrower change is a person's emergency lever: it is kept, never re-widened";
+    "In Halted the only action allowed is a narrowing". A Deployment recreated while Halted
+    (EnvChangedOutside, ENFORCE set to 0 by hand) gets at most the env the operator kept
+    (status.appliedEnv), never the Canary env the person switched off."""
+    sim = world(spec_body("Full", batches=(), windows={"shadow": 20, "canary": 20}))
+    walk_until(sim, "Observing", "Canary")
+    sim.edit_env(ENFORCE, "0", "kubectl-set")
+    sim.tick()
+    assert sim.status.state is State.HALTED and sim.status.reason == "EnvChangedOutside"
+    sim.delete_deployment()
+    sim.tick()
+    sim.recreate_deployment()
+    sim.tick()
+    assert sim.env.get(ENFORCE) != "1", (sim.env, sim.status.applied_env)
+    assert scope_of(sim.env).symbols == frozenset()
+    assert sim.status.state is State.HALTED
