@@ -2,8 +2,16 @@
 
 Built to /work/shared/API.md. Parse at the edge: `parse_spec(body["spec"])` gives a
 `FillProbRolloutSpec` with every default filled in, or raises `SpecError` whose message says
-what to fix (the same rules the CRD's OpenAPI schema and CEL rules enforce at the API server,
-so a spec that got past `kubectl apply` parses here too).
+what to fix.
+
+Validity has one source: the CRD (crds/fillprobrollouts.grinder.io.yaml; API.md "A spec the
+API server accepts is a spec the operator reads"). These models parse what it admits and are
+never stricter: the rules kept here are the CRD's own, with the same bounds and patterns
+(tests/unit/test_crd_schema.py compares them; tests/e2e/test_spec_differential.py sends
+random specs to a real API server and parses every one it accepts). What only the CRD checks
+(list and string lengths, the Prometheus URL, the selector's grammar details) is not repeated.
+A selector regex that RE2 cannot compile parses (`Prometheus.selector_problems`): it matches
+no series, which is "no data", never a spec the operator refuses to read.
 
 Status: `RolloutStatus` holds API.md's status table plus a few bookkeeping fields the
 operator needs to resume after a crash (documented on the model; all camelCase).
@@ -102,6 +110,7 @@ DEFAULT_PREFLIGHT_COMMAND = (
     "--auto-threshold",
 )
 
+# The CRD's patterns (and the API server's for object names), defined once for the package.
 SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9._-]{0,31}$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -126,7 +135,7 @@ Duration = Annotated[
 
 
 def _symbol(value: str) -> str:
-    if not re.match(SYMBOL_PATTERN, value):
+    if not re.fullmatch(SYMBOL_PATTERN, value):
         raise ValueError(
             f"symbol {value!r} must be 1-32 upper-case letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (e.g. BTCUSDT); list symbols as separate items, not 'A,B'"
@@ -191,24 +200,16 @@ class Preflight(_SpecModel):
 
 
 class Prometheus(_SpecModel):
-    url: str | None = None  # None: the operator's configured default
+    # None: the operator's configured default. The CRD checks it is an absolute http(s) URL.
+    url: str | None = None
     selector: str | None = None  # None: this Deployment's pods in this namespace
     interval: Duration = timedelta(seconds=30)
-
-    @field_validator("url")
-    @classmethod
-    def _absolute_http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            scheme, _, rest = value.partition("://")
-            if scheme not in ("http", "https") or not rest or rest.startswith("/"):
-                raise ValueError(
-                    f"{value!r} must be an absolute http or https URL, e.g. http://prometheus.monitoring.svc:9090"
-                )
-        return value
 
     @field_validator("selector")
     @classmethod
     def _promql_matchers(cls, value: str | None) -> str | None:
+        # Only a shape the parser cannot read at all fails here (the CRD admits none); an
+        # invalid regex parses, see selector_problems.
         if value is not None:
             try:
                 parse_selector(value)
@@ -217,6 +218,11 @@ class Prometheus(_SpecModel):
                     f'{exc}; write PromQL label matchers without braces, e.g. job="grinder",pod=~"grinder-.*"'
                 ) from None
         return value
+
+    @property
+    def selector_problems(self) -> tuple[str, ...]:
+        """Why `selector` matches no series (a regex RE2 cannot compile); () when it is fine."""
+        return parse_selector(self.selector).problems if self.selector else ()
 
     @field_validator("interval")
     @classmethod
@@ -244,7 +250,7 @@ class ThresholdRange(_SpecModel):
 
 class Gates(_SpecModel):
     max_block_ratio: float = Field(default=0.99, ge=0.0, le=1.0)
-    min_orders: int = Field(default=20, ge=1)
+    min_orders: int = Field(default=20, ge=1, le=1_000_000)
     threshold_range: ThresholdRange | None = None
     max_auto_threshold_delta_bps: int | None = Field(default=None, ge=0, le=10000)
 

@@ -22,11 +22,15 @@ Every case in tests/fixtures/invalid_rollouts.yaml, and updates (immutability, r
 gave the same message as a real v1.36.3 API server, up to the order of errors (Go map order).
 
 Differences from the server, on purpose or by necessity:
-- CEL runs in cel-python 0.5.0, which lacks Kubernetes' CEL libraries. Implemented here:
+- Every rule comes from the CRD file; nothing here restates one (the only rule of its own
+  is the API server's for metadata.name). CEL runs in cel-python 0.5.0, which lacks
+  Kubernetes' CEL libraries. Implemented here:
   `join` (strings), `isURL`/`url` and the URL getters, `indexOf`/`lastIndexOf`/
-  `lowerAscii`/`upperAscii`/`trim`/`split`/`replace` (strings), `isSorted`/`sum`/`min`/`max`
-  (lists), and `duration()` with Go's `time.ParseDuration` grammar (cel-python's own rejects
-  `µs` and accepts `1d`). A rule cel-python cannot compile or run at all may be given a Python
+  `lowerAscii`/`upperAscii`/`trim`/`split`/`replace`/`substring` (strings), `findAll`
+  (regex), `matches` with RE2 (google-re2; an invalid pattern is a runtime error, as in
+  cel-go, which the selector's regex rule relies on), `isSorted`/`sum`/`min`/`max` (lists),
+  and `duration()` with Go's `time.ParseDuration` grammar (domain/durations.py, the
+  package's one duration parser; cel-python's own rejects `µs` and accepts `1d`). A rule cel-python cannot compile or run at all may be given a Python
   twin in `PYTHON_RULES` (keyed by the rule text); none is needed by the current CRD. A rule
   with neither is reported as an offline limitation, never silently passed.
 - CEL cost budgets are not computed; runtime error texts come from cel-python, not cel-go.
@@ -60,6 +64,10 @@ import re2
 import yaml
 from celpy.evaluation import CELEvalError
 
+from .api import DNS_SUBDOMAIN_PATTERN
+from .domain.durations import parse_go_duration
+from .domain.selector import re2_compile
+
 # The package lives at <repo>/operator/fillprob_operator/; the canonical CRD at <repo>/crds/.
 DEFAULT_CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "fillprobrollouts.grinder.io.yaml"
 
@@ -76,7 +84,8 @@ OBJECT_META_FIELDS = frozenset({
 })
 ROOT_META_FIELDS = ("apiVersion", "kind", "metadata")
 
-DNS1123_SUBDOMAIN_FMT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# The API server's own rule for object names (not the CRD's): the regex as it prints it.
+DNS1123_SUBDOMAIN_FMT = DNS_SUBDOMAIN_PATTERN.removeprefix("^").removesuffix("$")
 DNS1123_SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
     "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '"
@@ -558,31 +567,6 @@ def _metadata_errors(obj: dict[str, Any]) -> list[tuple[str, str]]:
 
 # --- CEL ----------------------------------------------------------------------------------------
 
-_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def parse_go_duration(text: str) -> int:
-    """time.ParseDuration, in nanoseconds."""
-    rest = text
-    sign = 1
-    if rest[:1] in "+-" and rest:
-        sign = -1 if rest[0] == "-" else 1
-        rest = rest[1:]
-    if rest == "0":
-        return 0
-    if not rest:
-        raise ValueError(f"time: invalid duration {go_quote(text)}")
-    total = Decimal(0)
-    while rest:
-        found = _GO_DURATION.match(rest)
-        if not found or found.group(1) in ("", "."):
-            raise ValueError(f"time: invalid duration {go_quote(text)}")
-        total += Decimal(found.group(1)) * _GO_UNITS[found.group(2)]
-        rest = rest[found.end():]
-    return sign * int(total)
-
-
 def _cel_duration(value: Any) -> Any:
     if isinstance(value, ct.DurationType):
         return value
@@ -746,7 +730,50 @@ def _cel_sum(items: Any) -> Any:
     return total
 
 
+def _re2(pattern: str) -> Any:
+    """The compiled pattern (Go's RE2 dialect, as cel-go's), or the error it could not be compiled with."""
+    try:
+        return re2_compile(pattern)
+    except ValueError as exc:
+        return exc
+
+
+def _re2_error(exc: Exception) -> str:
+    return f"error parsing regexp: {exc}"
+
+
+def _cel_matches(text: Any, pattern: Any) -> Any:
+    """CEL's matches(): RE2, unanchored; an invalid pattern is a runtime error (as in cel-go)."""
+    compiled = _re2(str(pattern))
+    if isinstance(compiled, Exception):
+        return CELEvalError(_re2_error(compiled), ValueError, (str(pattern),))
+    return ct.BoolType(compiled.search(str(text)) is not None)
+
+
+def _cel_find_all(text: Any, pattern: Any, limit: Any = -1) -> Any:
+    """Kubernetes' regex library: findAll(regex[, limit]) -> the non-overlapping matches."""
+    compiled = _re2(str(pattern))
+    if isinstance(compiled, Exception):
+        return CELEvalError(_re2_error(compiled), ValueError, (str(pattern),))
+    found = [m.group(0) for m in compiled.finditer(str(text))]
+    if int(limit) >= 0:
+        found = found[: int(limit)]
+    return ct.ListType([ct.StringType(s) for s in found])
+
+
+def _cel_substring(text: Any, start: Any, end: Any = None) -> Any:
+    """CEL strings extension: substring(start[, end]) in code points; out of range is an error."""
+    value = str(text)
+    stop = len(value) if end is None else int(end)
+    if not 0 <= int(start) <= stop <= len(value):
+        return CELEvalError(f"index out of range: {int(start)}, {stop}", IndexError, (value,))
+    return ct.StringType(value[int(start):stop])
+
+
 K8S_CEL_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "matches": _cel_matches,
+    "findAll": _cel_find_all,
+    "substring": _cel_substring,
     "duration": _cel_duration,
     "join": _cel_join,
     "isURL": _cel_is_url,
@@ -888,7 +915,8 @@ def _cel_rules(schema: dict[str, Any], value: Any, old: Any, path: str, ctx: _Ce
             continue
         node_type = schema.get("type", "")
         if isinstance(result, Exception):
-            ctx.errors.append(field_error("Invalid value", path, node_type, f"{result} evaluating rule: {_rule_error_string(rule)}"))
+            why = result.args[0] if isinstance(result, CELEvalError) and result.args else result
+            ctx.errors.append(field_error("Invalid value", path, node_type, f"{why} evaluating rule: {_rule_error_string(rule)}"))
             continue
         if ctx.is_update and not uses_old and old is not None and old == value:
             continue  # ratcheting: an unchanged value's error is only a warning on the server

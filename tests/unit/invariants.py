@@ -110,10 +110,11 @@ def parse_symbols(value: str | None) -> frozenset[str]:
 
 
 def scope_of(env: Mapping[str, Any]) -> Scope:
-    """ENFORCE 0/unset: nothing enforced; ENFORCE=1 with ENFORCE_SYMBOLS empty/unset: all."""
+    """ENFORCE 0/unset: nothing enforced (AUTO_THRESHOLD then decides nothing either: no order
+    is blocked whatever the threshold); ENFORCE=1 with ENFORCE_SYMBOLS empty/unset: all."""
     auto = env.get(AUTO_THRESHOLD) == "1"
     if env.get(ENFORCE) != "1":
-        return Scope(frozenset(), auto)
+        return Scope(frozenset(), False)
     symbols = parse_symbols(env.get(ENFORCE_SYMBOLS))
     return Scope(symbols or None, auto)
 

@@ -157,7 +157,6 @@ def test_the_example_rollout_parses() -> None:
         (spec_with(gates={"maxBlockRatio": 1.5}), "spec.gates.maxBlockRatio"),
         (spec_with(gates={"minOrders": 0}), "spec.gates.minOrders"),
         (spec_with(prometheus={"selector": "pod=grinder"}), "must be a double-quoted string"),
-        (spec_with(prometheus={"url": "prometheus:9090"}), "absolute http or https URL"),
         (spec_with(deploymentName="Grinder_1"), "spec.deploymentName"),
         ({"targetPhase": "Shadow"}, "spec.deploymentName: Field required"),
     ],
@@ -174,6 +173,36 @@ def test_shadow_target_needs_no_canary_symbols() -> None:
 def test_every_problem_is_reported_with_its_path() -> None:
     error = problems(spec_with(minBps=-1, prometheus={"interval": "0s"}))
     assert "spec.minBps" in error and "spec.prometheus.interval" in error
+
+
+# API.md: "A spec the API server accepts is a spec the operator reads". Each of these is
+# admitted by the CRD (a regex's validity is the CRD's RE2 rule, never a parse error here).
+@pytest.mark.parametrize(
+    "prometheus",
+    [
+        {"selector": 'pod=~"grinder-(.*"'},  # the user's report: the CRD now refuses it too
+        {"selector": 'pod!~"[a-"'},
+        {"selector": 'pod=~"a)(b"'},  # valid for Prometheus: ^(?s:a)(b)$
+        {"url": "HTTP://prometheus.monitoring.svc:9090"},  # Go lower-cases the scheme
+        {"url": "https://user@prom:9090/prefix?x=1"},
+    ],
+)
+def test_what_the_crd_admits_parses(prometheus: dict) -> None:
+    parse_spec(spec_with(prometheus=prometheus))
+
+
+def test_an_invalid_selector_regex_parses_and_says_why() -> None:
+    spec = parse_spec(spec_with(prometheus={"selector": 'job="g",pod=~"grinder-(.*"'}))
+    (problem,) = spec.prometheus.selector_problems
+    assert "selector regex invalid" in problem and 'pod=~"grinder-(.*"' in problem and "missing )" in problem
+    assert parse_spec(spec_with(prometheus={"selector": 'pod=~"g-.*"'})).prometheus.selector_problems == ()
+    assert parse_spec(MINIMAL).prometheus.selector_problems == ()
+
+
+def test_the_longest_go_duration_parses_and_a_longer_one_says_so() -> None:
+    spec = parse_spec(spec_with(observation={"shadow": "2562047h"}))
+    assert spec.observation.shadow == timedelta(hours=2562047)
+    assert "at most 2562047h" in problems(spec_with(observation={"shadow": "99999999999h"}))
 
 
 def test_valid_selector_and_url_are_kept() -> None:

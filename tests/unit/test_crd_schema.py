@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import re2
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,21 +335,106 @@ def test_symbol_pattern_rejects(spec_schema, value: str) -> None:
 
 
 def selector_regex(spec_schema) -> str:
-    (rule,) = rules_of(field(spec_schema, "prometheus.selector"))
-    return CEL_MATCHES.fullmatch(rule.strip()).group("re")
+    (grammar, _re2_rule) = rules_of(field(spec_schema, "prometheus.selector"))
+    return CEL_MATCHES.fullmatch(grammar.strip()).group("re")
 
 
 @pytest.mark.parametrize(
     "value",
-    ['job="grinder"', 'job="grinder",pod=~"grinder-.*"', 'a!="x", b!~"y"', 'l="say \\"hi\\""'],
+    ['job="grinder"', 'job="grinder",pod=~"grinder-.*"', 'a!="x", b!~"y"', 'l="say \\"hi\\""',
+     'pod=~"a\\\\d+"', 'x="tab\\there"'],
 )
 def test_selector_accepts(spec_schema, value: str) -> None:
-    assert re.fullmatch(selector_regex(spec_schema), value)
+    assert re2.search(selector_regex(spec_schema), value)
 
 
-@pytest.mark.parametrize("value", ['{job="grinder"}', "job=grinder", "", 'job="a",', "1job=\"a\""])
+@pytest.mark.parametrize(
+    "value",
+    ['{job="grinder"}', "job=grinder", "", 'job="a",', "1job=\"a\"",
+     'pod=~"a\\d+"',  # \d is no PromQL string escape (Prometheus refuses it): write \\d
+     'pod=~"a\\.b"', 'x="raw\ttab"', 'x="raw\nnewline"', 'x="nul\x00"'],
+)
 def test_selector_rejects(spec_schema, value: str) -> None:
-    assert not re.fullmatch(selector_regex(spec_schema), value)
+    assert not re2.search(selector_regex(spec_schema), value)
+
+
+def test_selector_regexes_are_checked_with_re2(spec_schema) -> None:
+    """The CRD can express a regex's validity: CEL's matches() is RE2, as in Prometheus."""
+    (_grammar, rule) = field(spec_schema, "prometheus.selector")["x-kubernetes-validations"]
+    assert "findAll(" in rule["rule"] and "''.matches('^(?s:' +" in rule["rule"]
+    assert "|| true" not in rule["rule"]  # would swallow the runtime error of a bad regex
+    assert "RE2" in rule["message"]
+
+
+def test_observation_windows_end_where_go_durations_end(spec_schema) -> None:
+    for dotted in DURATION_FIELDS:
+        rules = " ".join(rules_of(field(spec_schema, dotted)))
+        assert "duration(self)" in rules, dotted
+
+
+# --- the models at the edge use the CRD's patterns and bounds (one rule, one home) -----------
+
+
+def test_api_patterns_are_the_crds(spec_schema) -> None:
+    from fillprob_operator.api import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, SYMBOL_PATTERN
+
+    assert field(spec_schema, "deploymentName")["pattern"] == DNS_SUBDOMAIN_PATTERN
+    assert field(spec_schema, "containerName")["pattern"] == DNS_LABEL_PATTERN
+    for dotted in ("canarySymbols", "safeSymbols"):
+        assert field(spec_schema, dotted)["items"]["pattern"] == SYMBOL_PATTERN
+    assert field(spec_schema, "expandBatches")["items"]["items"]["pattern"] == SYMBOL_PATTERN
+
+
+def _pydantic_bounds(model: Any, name: str) -> tuple[Any, Any]:
+    low = high = None
+    for meta in model.model_fields[name].metadata:
+        low = getattr(meta, "ge", low) if getattr(meta, "ge", None) is not None else low
+        high = getattr(meta, "le", high) if getattr(meta, "le", None) is not None else high
+    return low, high
+
+
+@pytest.mark.parametrize(
+    "model_name, name, dotted",
+    [
+        ("FillProbRolloutSpec", "min_bps", "minBps"),
+        ("Gates", "max_block_ratio", "gates.maxBlockRatio"),
+        ("Gates", "min_orders", "gates.minOrders"),
+        ("Gates", "max_auto_threshold_delta_bps", "gates.maxAutoThresholdDeltaBps"),
+        ("ThresholdRange", "min_bps", "gates.thresholdRange.minBps"),
+        ("ThresholdRange", "max_bps", "gates.thresholdRange.maxBps"),
+    ],
+)
+def test_api_bounds_are_the_crds(spec_schema, model_name: str, name: str, dotted: str) -> None:
+    """Never stricter than the CRD: the same minimum and maximum (none is also fine)."""
+    from fillprob_operator import api
+
+    low, high = _pydantic_bounds(getattr(api, model_name), name)
+    node = field(spec_schema, dotted)
+    assert low is None or low == node["minimum"]
+    assert high is None or high == node["maximum"]
+
+
+def test_api_defaults_are_the_crds(spec_schema) -> None:
+    from fillprob_operator.api import parse_spec
+    from fillprob_operator.domain.durations import format_duration
+
+    body = parse_spec({"deploymentName": "g", "targetPhase": "Shadow"}).model_dump(by_alias=True, mode="json")
+    for dotted, value in STATIC_DEFAULTS.items():
+        if dotted in ("preflight", "prometheus", "gates"):
+            continue
+        got: Any = body
+        for part in dotted.split("."):
+            got = got[part]
+        if dotted in DURATION_FIELDS:
+            assert format_duration(parse_duration_(value)) == got, dotted
+        else:
+            assert got == value, dotted
+
+
+def parse_duration_(text: str):
+    from fillprob_operator.domain.durations import parse_duration
+
+    return parse_duration(text)
 
 
 # --- status ------------------------------------------------------------------------------

@@ -57,13 +57,50 @@ def test_regex_is_fully_anchored() -> None:
         ('pod="a",', "trailing comma"),
         ('pod="a" job="b"', "unexpected"),
         ('{pod="a"}', "expected a label matcher"),
-        ('pod=~"("', "not a valid regex"),
         ('1pod="a"', "expected a label matcher"),
     ],
 )
 def test_bad_selectors_say_what_is_wrong(text: str, hint: str) -> None:
     with pytest.raises(SelectorError, match=hint):
         parse_selector(text)
+
+
+@pytest.mark.parametrize(
+    "text, bad",
+    [
+        ('pod=~"grinder-(.*"', 'pod=~"grinder-(.*"'),  # the user's report
+        ('job="g",pod!~"[a-"', 'pod!~"[a-"'),
+        ('pod=~"x\\\\"', "missing )"),  # regex x\ : in ^(?s:x\)$ the backslash escapes the )
+        ('pod=~"a{1001}"', "repetition"),
+        ('pod=~"a\\\\C"', "\\C"),  # C++ RE2 accepts \C (any byte); Go's regexp, as Prometheus, does not
+    ],
+)
+def test_an_invalid_regex_parses_into_a_matcher_that_matches_nothing(text: str, bad: str) -> None:
+    """API.md: a spec the API server accepts is a spec the operator reads. A regex RE2 cannot
+    compile is "no data" (the lead reports it), never a parse error that stops guarding."""
+    selector = parse_selector(text)
+    (problem,) = selector.problems
+    assert problem.startswith("selector regex invalid") and bad in problem
+    assert not selector.matches({"job": "g", "pod": "grinder-abc"})
+    assert not selector.matches({})
+
+
+def test_regexes_are_re2_compiled_like_prometheus() -> None:
+    # ^(?s:<value>)$: `.` matches a newline, and `a)(b` is a valid Prometheus regex.
+    assert parse_selector('m=~"a.b"').matches({"m": "a\nb"})
+    assert parse_selector('m=~"a)(b"').matches({"m": "ab"}) and not parse_selector('m=~"a)(b"').problems
+    # RE2 has no backreferences or lookarounds (Python's re would accept these).
+    assert parse_selector('m=~"(a)\\\\1"').problems
+    assert parse_selector('m=~"(?=a)"').problems
+    # RE2-only syntax parses.
+    assert parse_selector('m=~"\\\\pL+"').matches({"m": "abc"})
+
+
+def test_go_string_escapes() -> None:
+    selector = parse_selector('a="x\\ty\\nz",b=~"\\\\d+"')
+    assert selector.matchers[0].value == "x\ty\nz"
+    assert selector.matchers[1].value == "\\d+"
+    assert parse_selector(selector.render()) == selector
 
 
 def test_render_round_trips() -> None:

@@ -92,3 +92,19 @@ def test_person_narrowing_is_kept_when_the_deployment_is_recreated_while_halted(
     assert sim.env.get(ENFORCE) != "1", (sim.env, sim.status.applied_env)
     assert scope_of(sim.env).symbols == frozenset()
     assert sim.status.state is State.HALTED
+
+
+def test_r1_asked_while_the_deployment_was_missing_narrows_the_recreated_one() -> None:
+    """Found by the state machine (I3): at AutoThreshold the Deployment is deleted, an R1
+    annotation is set, the Deployment is recreated. The rung is re-applied and R1 taken in the
+    same tick: ENFORCE=0 with AUTO_THRESHOLD left as it was enforces nothing."""
+    sim = world(spec_body(target="AutoThreshold", canary=("S1", "S2"), batches=()))
+    walk_until(sim, "Observing", "AutoThreshold")
+    sim.delete_deployment()
+    sim.tick()
+    sim.annotate("R1")
+    sim.tick()
+    sim.recreate_deployment()
+    sim.tick()
+    assert sim.env.get(ENFORCE) == "0" and scope_of(sim.env).symbols == frozenset()
+    assert sim.status.last_rollback is not None and sim.status.last_rollback.playbook.value == "R1"

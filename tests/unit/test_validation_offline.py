@@ -117,6 +117,43 @@ def test_valid_manifest(body: dict[str, Any]) -> None:
     assert validate_manifest(body) == []
 
 
+# --- the selector's regexes: RE2, as Prometheus (and the API server's CEL matches) ---------------
+
+
+@pytest.mark.parametrize(
+    "selector, valid",
+    [
+        ('pod=~"grinder-(.*"', False),  # the user's report
+        ('pod=~"grinder-\\\\(.*"', True),  # \\( in the quotes: the regex \(
+        ('job="(", pod!~"[a-"', False),
+        ('job="(", pod=~"a)(b"', True),  # ^(?s:a)(b)$ compiles
+        ('a="x=~",b=~"(("', False),  # a value that looks like an operator does not hide b's regex
+        ('a=~"\\"("', False),  # \" is a quote: the regex "( is missing a )
+        ('a=~"(?=x)"', False),  # RE2 has no lookahead
+        ('a=~"x{1001}"', False),
+        ('a=~"\\\\pL+"', True),
+        ('pod=~"a\\d"', False),  # \d is no PromQL string escape
+    ],
+)
+def test_selector_regexes_are_checked_with_re2(selector: str, valid: bool) -> None:
+    errors = validate_manifest(canary(prometheus={"selector": selector}))
+    assert (errors == []) is valid, errors
+    if not valid:
+        assert all(e.startswith("spec.prometheus.selector: Invalid value") for e in errors), errors
+
+
+def test_an_invalid_regex_says_what_to_fix() -> None:
+    (error,) = validate_manifest(canary(prometheus={"selector": 'pod=~"grinder-(.*"'}))
+    assert "error parsing regexp: missing ): ^(?s:grinder-(.*)$" in error
+    assert "must be a valid RE2 regular expression" in error
+
+
+@pytest.mark.parametrize("window, valid", [("2562047h", True), ("2562048h", False), ("99999999999h", False)])
+def test_observation_windows_end_where_go_durations_end(window: str, valid: bool) -> None:
+    errors = validate_manifest(canary(observation={"shadow": window}))
+    assert (errors == []) is valid, errors
+
+
 def test_example_manifest_is_valid() -> None:
     assert validate_manifest(yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))) == []
 
@@ -291,6 +328,9 @@ def test_rule_without_message_uses_the_servers_default(tmp_path: Path) -> None:
         ("[1, 2, 3].sum() + [4, 9].max() - [4, 9].min()", 11),
         ("duration('1h30m') == duration('5400s')", True),
         ("duration('10µs') < duration('1ms')", True),
+        ("'a=\"x\", b=~\"y\"'.findAll('[a-z] *=~? *\"[^\"]*\"')", ['a="x"', 'b=~"y"']),
+        ("'abcdef'.substring(1, 3) + 'abc'.substring(2)", "bcc"),
+        ("'a\\nb'.matches('(?s)a.b') && !'ab'.matches('^b')", True),
     ],
 )
 def test_kubernetes_cel_functions(expression: str, expected: Any) -> None:
@@ -353,7 +393,14 @@ def test_parse_go_duration(text: str, nanos: int) -> None:
     assert parse_go_duration(text) == nanos
 
 
-@pytest.mark.parametrize("text", ["", "1d", "10", "h", "1 h", "1h-1m", "."])
+def test_one_duration_parser() -> None:
+    from fillprob_operator.domain import durations
+
+    assert parse_go_duration is durations.parse_go_duration
+    assert parse_go_duration("2562047h47m16.854775807s") == 2**63 - 1
+
+
+@pytest.mark.parametrize("text", ["", "1d", "10", "h", "1 h", "1h-1m", ".", "2562048h", "99999999999h"])
 def test_parse_go_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="time: invalid duration"):
         parse_go_duration(text)

@@ -1,8 +1,10 @@
 """Enforcement scope (API.md, Everyday change): what the managed env enforces, and "narrower".
 
 Scope is the set of enforced symbols (none with ENFORCE != 1; every symbol with ENFORCE=1 and
-an empty or unset ENFORCE_SYMBOLS) plus whether AUTO_THRESHOLD applies thresholds. Narrower
-means less enforcement: ENFORCE 1 -> 0, fewer enforced symbols, AUTO_THRESHOLD 1 -> 0.
+an empty or unset ENFORCE_SYMBOLS) plus whether AUTO_THRESHOLD applies thresholds to them.
+Narrower means less enforcement: ENFORCE 1 -> 0, fewer enforced symbols, AUTO_THRESHOLD 1 -> 0.
+With ENFORCE != 1 nothing is blocked, so AUTO_THRESHOLD changes nothing enforced (R1 leaves it
+as it was: "nothing else changed").
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class Scope:
 def scope_of(env: AppliedEnv | Mapping[str, str | None]) -> Scope:
     if not isinstance(env, AppliedEnv):
         env = applied_env_from(env)
-    auto = env.auto_threshold == "1"
     if env.enforce != "1":
-        return Scope(frozenset(), auto)
+        return Scope(frozenset(), False)
+    auto = env.auto_threshold == "1"
     symbols = parse_symbols(env.enforce_symbols)
     return Scope(frozenset(symbols) if symbols else ALL, auto)
 
