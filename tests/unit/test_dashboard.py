@@ -187,12 +187,17 @@ def test_dashboard_names_only_metrics_that_exist() -> None:
         assert wanted in used, f"dashboard does not show {wanted}"
 
 
-def test_every_promql_parses(tmp_path: Path) -> None:
-    # The testbed's promtool (Prometheus 2.55.1, built by `make testbed-build`), else one on PATH.
+def find_promtool() -> str:
+    """The testbed's promtool (Prometheus 2.55.1, built by `make testbed-build`), else one on PATH."""
     built = Path(__file__).resolve().parents[2] / ".testbed" / "cache" / "bin" / "promtool"
     promtool = str(built) if built.exists() else shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool not found: run `make testbed-build` (builds it into .testbed/cache/bin)")
+    return promtool
+
+
+def test_every_promql_parses(tmp_path: Path) -> None:
+    promtool = find_promtool()
     exprs = expressions(dashboard())
     rules = {
         "groups": [
@@ -212,9 +217,7 @@ def test_every_promql_parses(tmp_path: Path) -> None:
 
 
 def test_promtool_catches_a_broken_expression(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool not found: run `make testbed-build` or `apt-get install prometheus`")
+    promtool = find_promtool()
     path = tmp_path / "broken.yml"
     broken = {"groups": [{"name": "g", "rules": [{"record": "x:y", "expr": "sum by (a (rate(x[5m]))"}]}]}
     path.write_text(yaml.safe_dump(broken), encoding="utf-8")
