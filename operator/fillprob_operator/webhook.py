@@ -41,6 +41,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Union
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .api import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from .domain.observations import RollbackRequest
 
 logger = logging.getLogger("fillprob_operator.webhook")
@@ -66,8 +67,8 @@ SEEN_KEYS = 4096
 MAX_EVIDENCE_VALUE = 1024
 
 # RFC 1123 label (namespace) and subdomain (object name), as the API server checks them.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+_DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 
 TokenProvider = Callable[[], Union[str, None]]
 Submit = Callable[[RollbackRequest, str, str], Union[Awaitable[bool], bool]]
