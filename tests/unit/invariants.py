@@ -364,16 +364,18 @@ def rollbacks_only_narrow(before: Snapshot, after: Snapshot, observations: Obser
         return
     old, new = scope_of(before.deployment.env), scope_of(after.deployment.env)
     rollback = after.status.last_rollback  # type: ignore[union-attr]
-    if not new.within(old):
-        raise AssertionError(
-            f"I3: rollback {rollback.playbook.value} ({rollback.reason}) widened enforcement from "  # type: ignore[union-attr]
-            f"{old.describe()} to {new.describe()} ({_where(before.status)})"
-        )
     reference = old
     restoring = before.status is not None and before.status.restart is not None and (
         observations.deployment.restart_token != before.status.restart.token)
     if restoring and applied_scope(before.status) is not None:
-        reference = applied_scope(before.status)  # the env the operator is putting back (design 7)
+        # The Deployment lacks our token (recreated): the rung goes back on it in this tick
+        # (design 7), and the rollback narrows that rung.
+        reference = applied_scope(before.status)
+    if not new.within(reference):
+        raise AssertionError(
+            f"I3: rollback {rollback.playbook.value} ({rollback.reason}) widened enforcement from "  # type: ignore[union-attr]
+            f"{reference.describe()} to {new.describe()} ({_where(before.status)})"
+        )
     if rollback.reason in EXTERNAL_REASONS and new == reference:  # type: ignore[union-attr]
         raise AssertionError(
             f"I3: requested {rollback.playbook.value} ({rollback.reason}) recorded as applied but "  # type: ignore[union-attr]

@@ -108,3 +108,19 @@ def test_r1_asked_while_the_deployment_was_missing_narrows_the_recreated_one() -
     sim.tick()
     assert sim.env.get(ENFORCE) == "0" and scope_of(sim.env).symbols == frozenset()
     assert sim.status.last_rollback is not None and sim.status.last_rollback.playbook.value == "R1"
+
+
+def test_alert_queued_while_the_deployment_was_missing_narrows_the_rung_put_back() -> None:
+    """Found by the state machine (I3): Passed at AutoThreshold, the Deployment is deleted, an
+    alert without a `rollback` label fires, the Deployment is recreated in the starting state.
+    The rung goes back on it and the alert's R3 narrows that rung: Full's env, never more."""
+    sim = world(spec_body(target="AutoThreshold", canary=("S1", "S2"), batches=()))
+    walk_until(sim, "Passed", "AutoThreshold")
+    sim.delete_deployment()
+    sim.tick()
+    sim.alert("", sim.now)
+    sim.tick()
+    sim.recreate_deployment()
+    sim.tick()
+    assert sim.status.last_rollback is not None and sim.status.last_rollback.playbook.value == "R3"
+    assert scope_of(sim.env).symbols is None and scope_of(sim.env).auto is False
