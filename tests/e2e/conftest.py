@@ -3,6 +3,13 @@
 Endpoints come from the environment when set (KUBECONFIG, PROMETHEUS_URL, ALERTMANAGER_URL),
 otherwise from `.testbed/env` written by `make testbed-up`. An unreachable testbed FAILS the
 tests (never skips): an e2e run that silently tested nothing would look green.
+
+Side by side: `make test` runs the tier in two pytest invocations, first `-m "not serial"` on
+several pytest-xdist workers (each test in its own namespace, with its own operator process),
+then `-m serial` alone. A test is `serial` when it changes what every test shares (the
+testbed's Alertmanager and Prometheus) or when what it measures is the shared node itself:
+`SERIAL_FIXTURES` and `SERIAL_FILES` below say which and why. Session fixtures run once per worker, so they must be
+idempotent and safe when two workers run them at the same moment.
 """
 
 from __future__ import annotations
@@ -17,10 +24,24 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parents[1]
 TESTBED_ENV = REPO_ROOT / ".testbed" / "env"
 TESTBED_BIN = REPO_ROOT / ".testbed" / "cache" / "bin"
 HOW_TO_START = "start it with `make testbed-up` (or point KUBECONFIG/PROMETHEUS_URL/ALERTMANAGER_URL at one)"
+
+# What makes a test `serial`: a fixture it uses, or the file it is in -> why.
+SERIAL_FIXTURES = {
+    "alert_routing": "rewrites the testbed's Alertmanager config and Prometheus rules dir and reloads both",
+    "webhook": "points the testbed's Alertmanager at its own receiver (config rewritten, reloaded)",
+}
+SERIAL_FILES = {
+    "test_testbed_node.py": "measures the shared process node itself (grace periods, back-off, probe "
+                            "restarts, lease heartbeat): next to other tests it would measure their load",
+}
+# Tests that walk a grinder through restarts and windows (minutes each) start first, so that
+# the quick ones fill the gaps at the end instead of one long test finishing alone.
+LONG_FIXTURES = ("grinder_env", "release")
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,23 @@ def grinder_env(request, k8s_api, crd_installed, tmp_path_factory):
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         print(env.operator.tail(200))
     delete_env(env)
+
+
+def serial_reason(item: pytest.Item) -> str | None:
+    for fixture, why in SERIAL_FIXTURES.items():
+        if fixture in getattr(item, "fixturenames", ()):
+            return why
+    return SERIAL_FILES.get(item.path.name)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    e2e = [item for item in items if E2E_DIR in item.path.parents]
+    for item in e2e:
+        why = serial_reason(item)
+        if why and item.get_closest_marker("serial") is None:
+            item.add_marker(pytest.mark.serial(reason=why))
+    items.sort(key=lambda item: not (item in e2e and any(f in item.fixturenames for f in LONG_FIXTURES)))
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

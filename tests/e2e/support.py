@@ -75,19 +75,43 @@ def free_port() -> int:
 
 
 def ensure_crd(api: client.ApiClient) -> None:
+    """Install crds/ (create, or replace), then wait until Established.
+
+    Safe when several pytest-xdist workers run it at once: a create that lost the race (409
+    AlreadyExists) or a replace on a stale resourceVersion (409 Conflict) reads again and
+    retries. Replacing with an identical body changes nothing on the server.
+    """
     ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    try:
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+    manifest = yaml.safe_load(CRD_FILE.read_text())
+    name = manifest["metadata"]["name"]
+
+    def installed() -> bool:
+        body = copy.deepcopy(manifest)
+        try:
+            current = ext.read_custom_resource_definition(name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            try:
+                ext.create_custom_resource_definition(body)
+            except client.ApiException as create_exc:
+                if create_exc.status == 409:  # another worker created it first: read it again
+                    return False
+                raise
+            return True
         body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-    except client.ApiException as exc:
-        if exc.status != 404:
+        try:
+            ext.replace_custom_resource_definition(name, body)
+        except client.ApiException as exc:
+            if exc.status == 409:  # changed meanwhile: read and retry
+                return False
             raise
-        ext.create_custom_resource_definition(body)
+        return True
+
+    wait_for("CRD created or replaced", installed, 30)
 
     def established() -> bool:
-        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        crd = ext.read_custom_resource_definition(name)
         return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
     wait_for("CRD Established", established, 30)

@@ -1,15 +1,22 @@
-"""Pure helpers of the Kubernetes adapter: env patch body, rollout status, logs, the Job."""
+"""The Kubernetes adapter: its pure helpers (env patch body, rollout status, logs, the Job,
+env managers) and what `observe_deployment` reports through a fake client."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 from datetime import datetime, timezone
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from fillprob_operator.adapters.kubernetes import (
+    LOG_TAIL_LINES,
     RESTART_TOKEN_ANNOTATION,
+    KubernetesAdapter,
     env_literals,
+    env_managers,
     env_patch_body,
     event_body,
     job_state,
@@ -299,3 +306,189 @@ def test_event_body_points_at_the_rollout():
     assert (body["type"], body["reason"], body["message"]) == ("Warning", "CircuitBreakerTripped", "R1 applied")
     assert body["firstTimestamp"] == "2024-01-01T00:00:00Z"
     assert body["metadata"] == {"generateName": "r.", "namespace": "ns"}
+
+
+# --- who set the env: managedFields --------------------------------------------------------
+
+
+def env_fields(container: str, *keys: str, container_key: str | None = None) -> dict:
+    """fieldsV1 owning env entries `keys` of `container`, as the API server writes them."""
+    return {"f:spec": {"f:template": {"f:spec": {"f:containers": {
+        container_key or "k:" + json.dumps({"name": container}, separators=(",", ":")): {
+            ".": {}, "f:name": {},
+            "f:env": {"k:" + json.dumps({"name": k}, separators=(",", ":")): {".": {}, "f:name": {}, "f:value": {}}
+                      for k in keys},
+        }}}}}}
+
+
+def with_managed_fields(*entries: dict) -> dict:
+    dep = deployment()
+    dep["metadata"]["managedFields"] = list(entries)
+    return dep
+
+
+def test_env_managers_name_the_newest_owner_of_each_env_entry():
+    dep = with_managed_fields(
+        {"manager": "argocd-controller", "operation": "Apply", "time": "2024-05-01T10:00:00Z",
+         "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_DIR", "GRINDER_FILL_MODEL_ENFORCE",
+                                "GRINDER_FILL_PROB_ENFORCE_SYMBOLS")},
+        # newer, listed first: order in the list does not matter, `time` does
+        {"manager": "kubectl-set", "operation": "Update", "time": "2024-05-01T12:30:00Z",
+         "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_ENFORCE")},
+        {"manager": "fillprob-operator", "operation": "Update", "time": "2024-05-01T11:00:00Z",
+         "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_ENFORCE", "GRINDER_FILL_PROB_ENFORCE_SYMBOLS")},
+        # the sidecar's env entry of the same name is not the managed container's
+        {"manager": "mesh-injector", "operation": "Update", "time": "2024-05-01T13:00:00Z",
+         "fieldsV1": env_fields("sidecar", "GRINDER_FILL_MODEL_ENFORCE")},
+        # status writes own no env
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+         "time": "2024-05-01T14:00:00Z", "fieldsV1": {"f:status": {"f:replicas": {}}}},
+    )
+    assert env_managers(dep, "grinder") == {
+        "GRINDER_FILL_MODEL_DIR": "argocd-controller",
+        "GRINDER_FILL_MODEL_ENFORCE": "kubectl-set",
+        "GRINDER_FILL_PROB_ENFORCE_SYMBOLS": "fillprob-operator",
+        "POD_NAME": "",  # nobody in managedFields owns it: unknown
+        "GRINDER_FILL_PROB_AUTO_THRESHOLD": "",
+    }
+    assert env_managers(dep, "sidecar") == {"GRINDER_FILL_MODEL_ENFORCE": "mesh-injector"}
+    assert env_managers(dep, "missing") == {}
+    assert env_managers(deployment(), "grinder")["GRINDER_FILL_MODEL_ENFORCE"] == ""  # no managedFields
+
+
+def test_env_managers_follow_the_value_not_the_entry():
+    """Recorded from the testbed's API server (v1.36): `kubectl create deployment`, `kubectl set
+    env ENFORCE=0 LOG_LEVEL=info`, the operator's strategic-merge patch ENFORCE=0 (field manager
+    fillprob-operator), then `kubectl set env LOG_LEVEL=debug`. kubectl-set is the newest entry
+    and still owns ENFORCE's `.` and `f:name`, but the operator set its value."""
+    grinder = 'k:{"name":"grinder"}'
+    dep = with_managed_fields(
+        {"manager": "kubectl-create", "operation": "Update", "time": "2026-12-01T17:41:15Z",
+         "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {grinder: {
+             ".": {}, "f:image": {}, "f:name": {}}}}}}}},
+        {"manager": "fillprob-operator", "operation": "Update", "time": "2026-12-01T17:41:21Z",
+         "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {grinder: {"f:env": {
+             'k:{"name":"GRINDER_FILL_MODEL_ENFORCE"}': {"f:value": {}}}}}}}}}},
+        {"manager": "kubectl-set", "operation": "Update", "time": "2026-12-01T17:41:23Z",
+         "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {grinder: {"f:env": {
+             ".": {},
+             'k:{"name":"GRINDER_FILL_MODEL_ENFORCE"}': {".": {}, "f:name": {}},
+             'k:{"name":"GRINDER_FILL_MODEL_DIR"}': {".": {}, "f:name": {}, "f:value": {}}}}}}}}}},
+    )
+    managers = env_managers(dep, "grinder")
+    assert managers["GRINDER_FILL_MODEL_ENFORCE"] == "fillprob-operator"
+    assert managers["GRINDER_FILL_MODEL_DIR"] == "kubectl-set"
+    # an entry whose value nobody owns (`value: ""` is dropped): the newest owner of the entry
+    del dep["metadata"]["managedFields"][1]
+    assert env_managers(dep, "grinder")["GRINDER_FILL_MODEL_ENFORCE"] == "kubectl-set"
+
+
+def test_env_managers_parse_the_element_keys_not_their_text():
+    # the same element identity with other spacing / extra identity keys still matches
+    fields = env_fields("grinder", container_key='k:{ "name" : "grinder" }')
+    fields["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{ "name" : "grinder" }']["f:env"] = {
+        'k:{"value":"x","name":"GRINDER_FILL_MODEL_ENFORCE"}': {"f:value": {}},  # owns the value only
+        "k:not json": {},
+        'k:["GRINDER_FILL_MODEL_DIR"]': {},
+    }
+    dep = with_managed_fields(
+        {"manager": "kubectl-set", "time": "2024-05-01T12:00:00+00:00", "fieldsV1": fields},
+        {"manager": "no-time", "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_ENFORCE", "GRINDER_FILL_MODEL_DIR")},
+    )
+    managers = env_managers(dep, "grinder")
+    assert managers["GRINDER_FILL_MODEL_ENFORCE"] == "kubectl-set"  # an entry without time is the oldest
+    assert managers["GRINDER_FILL_MODEL_DIR"] == "no-time"
+
+
+# --- the adapter's reads: uid, managers, unreadable logs -----------------------------------
+
+
+class FakeApi:
+    """Just the client calls `observe_deployment` makes; `logs` maps pod -> text or exception."""
+
+    def __init__(self, dep: dict, pods: list[dict], logs: dict):
+        self.dep, self.pods, self.logs = dep, pods, logs
+        self.log_reads: list[tuple[str, dict]] = []
+        rs_meta = {"name": "grinder-abc", "uid": "rs-uid", "labels": {"pod-template-hash": "abc"},
+                   "annotations": {"deployment.kubernetes.io/revision": "2"},
+                   "ownerReferences": [{"uid": dep["metadata"]["uid"]}]}
+        self.replica_sets = [{"metadata": rs_meta}]
+
+    def read_namespaced_deployment(self, name, namespace, **_):
+        return copy.deepcopy(self.dep)
+
+    def list_namespaced_replica_set(self, namespace, label_selector=None, **_):
+        return {"items": copy.deepcopy(self.replica_sets)}
+
+    def list_namespaced_pod(self, namespace, label_selector=None, **_):
+        return {"items": copy.deepcopy(self.pods)}
+
+    def read_namespaced_pod_log(self, name, namespace, container=None, **kwargs):
+        kwargs.pop("_request_timeout", None)
+        self.log_reads.append((name, kwargs))
+        outcome = self.logs[name]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def grinder_pod(name: str) -> dict:
+    return {"metadata": {"name": name, "uid": f"{name}-uid", "labels": {"pod-template-hash": "abc"},
+                         "creationTimestamp": f"2024-05-01T12:00:0{name[-1]}Z",
+                         "ownerReferences": [{"uid": "rs-uid"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+OK_LINE = "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only effective_bps=2500"
+
+
+def observe(api: FakeApi, adapter: KubernetesAdapter | None = None):
+    adapter = adapter or KubernetesAdapter(core=api, apps=api, batch=None, custom=None, to_dict=copy.deepcopy,
+                                           timeout=1.0)
+    return adapter, asyncio.run(adapter.observe_deployment("trading", "grinder", "grinder"))
+
+
+def test_observation_carries_uid_and_env_managers():
+    dep = with_managed_fields({"manager": "kubectl-set", "time": "2024-05-01T12:30:00Z",
+                               "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_ENFORCE")})
+    _, seen = observe(FakeApi(dep, [], {}))
+    assert seen.uid == "dep-uid"
+    assert seen.env_managers["GRINDER_FILL_MODEL_ENFORCE"] == "kubectl-set"
+    assert seen.env_managers["GRINDER_FILL_MODEL_DIR"] == ""
+
+
+@pytest.mark.parametrize(
+    "failure, readable",
+    [
+        (ApiException(status=400, reason="container is waiting to start"), True),  # nothing logged yet
+        (ApiException(status=404, reason="pod gone"), True),
+        (ApiException(status=500, reason="kubelet unreachable"), False),
+        (ApiException(status=403, reason="Forbidden"), False),
+        (ConnectionResetError("stream dropped"), False),  # -> KubernetesError inside the adapter
+    ],
+)
+def test_a_log_that_cannot_be_read_is_missing_data_not_a_missing_line(failure, readable):
+    _, seen = observe(FakeApi(deployment(), [grinder_pod("grinder-abc-1")], {"grinder-abc-1": failure}))
+    (pod,) = seen.new_pods
+    assert (pod.resolution_line, pod.circuit_breaker_lines, pod.log_readable) == (None, (), readable)
+
+
+def test_resolution_line_is_cached_but_an_unreadable_tail_still_counts():
+    api = FakeApi(deployment(), [grinder_pod("grinder-abc-1"), grinder_pod("grinder-abc-2")],
+                  {"grinder-abc-1": f"boot\n{OK_LINE}\nFILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3\n",
+                   "grinder-abc-2": ApiException(status=500, reason="kubelet unreachable")})
+    adapter, seen = observe(api)
+    first, second = seen.new_pods
+    assert (first.resolution_line, first.log_readable) == (OK_LINE, True)
+    assert first.circuit_breaker_lines == ("FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3",)
+    assert (second.resolution_line, second.log_readable) == (None, False)
+
+    # next tick: pod 1's startup line comes from the cache (no head read), its tail fails
+    api.log_reads.clear()
+    api.logs["grinder-abc-1"] = ApiException(status=500, reason="kubelet unreachable")
+    api.logs["grinder-abc-2"] = OK_LINE + "\n"
+    _, seen = observe(api, adapter)
+    first, second = seen.new_pods
+    assert (first.resolution_line, first.circuit_breaker_lines, first.log_readable) == (OK_LINE, (), False)
+    assert (second.resolution_line, second.log_readable) == (OK_LINE, True)
+    assert [kw for name, kw in api.log_reads if name == "grinder-abc-1"] == [{"tail_lines": LOG_TAIL_LINES}]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import logging
 import os
 import re
 import socket
 from concurrent.futures import Executor
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from kubernetes.client.exceptions import ApiException
@@ -99,6 +100,69 @@ def env_literals(container: Mapping[str, Any]) -> dict[str, str | None]:
     for entry in container.get("env") or ():
         env[entry["name"]] = None if entry.get("valueFrom") else entry.get("value", "")
     return env
+
+
+def _list_key(key: str) -> Mapping[str, Any] | None:
+    """The identity of a list element in a managedFields path: `k:{"name":"X"}` -> {"name": "X"}.
+
+    The API server writes the JSON with its own key order and spacing: parse it, never compare text.
+    """
+    if not key.startswith("k:"):
+        return None
+    try:
+        value = json.loads(key[2:])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _element(fields: Mapping[str, Any], list_field: str, name: str) -> Mapping[str, Any] | None:
+    """The fieldsV1 subtree of the list element `name` (merge key `name`) under `f:<list_field>`."""
+    for key, sub in ((fields.get(f"f:{list_field}") or {}).items()):
+        identity = _list_key(key)
+        if identity is not None and identity.get("name") == name:
+            return sub if isinstance(sub, Mapping) else {}
+    return None
+
+
+def _managed_time(entry: Mapping[str, Any]) -> datetime:
+    """A managedFields entry's `time`; an entry without one counts as the oldest."""
+    try:
+        when = datetime.fromisoformat(str(entry.get("time") or "").replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def env_managers(deployment: Mapping[str, Any], container_name: str) -> dict[str, str]:
+    """Who last set each env entry of the container: env key -> the field manager of the newest
+    `managedFields` entry (by `time`) owning that entry's value; "" when no entry owns it (API.md,
+    "Env changed by someone else": the operator records who).
+
+    The value, not the entry: an Update manager keeps owning the `.` and `f:name` of entries it
+    sent unchanged (`kubectl set env A=1` owns B's name too), so the newest owner of the entry
+    itself is often not who set its value. An entry whose value nobody owns (the API server
+    drops `value: ""`) falls back to the newest owner of the entry.
+    """
+    container = managed_container(deployment, container_name)
+    keys = [e["name"] for e in (container or {}).get("env") or ()]
+    value_owner: dict[str, tuple[datetime, str]] = {}
+    entry_owner: dict[str, tuple[datetime, str]] = {}
+    for entry in _meta(deployment).get("managedFields") or ():
+        fields = entry.get("fieldsV1") or {}
+        pod_spec = (((fields.get("f:spec") or {}).get("f:template") or {}).get("f:spec")) or {}
+        owned_container = _element(pod_spec, "containers", container_name)
+        if not owned_container:
+            continue
+        seen = (_managed_time(entry), str(entry.get("manager") or ""))
+        for key in keys:
+            owned = _element(owned_container, "env", key)
+            if owned is None:
+                continue
+            newest = value_owner if ("f:value" in owned or "f:valueFrom" in owned) else entry_owner
+            if key not in newest or seen[0] >= newest[key][0]:
+                newest[key] = seen
+    return {key: (value_owner.get(key) or entry_owner.get(key) or (None, ""))[1] for key in keys}
 
 
 def restart_token(deployment: Mapping[str, Any]) -> str | None:
@@ -511,10 +575,12 @@ class KubernetesAdapter:
             message = f"container {container_name!r} not found; {message}"
         return DeploymentObservation(
             exists=True,
+            uid=_meta(deployment).get("uid") or "",
             generation=_meta(deployment).get("generation") or 0,
             observed_generation=status.get("observedGeneration") or 0,
             container_names=tuple(c["name"] for c in pod_template_spec(deployment).get("containers") or ()),
             env=env_literals(container) if container is not None else {},
+            env_managers=env_managers(deployment, container["name"]) if container is not None else {},
             restart_token=restart_token(deployment),
             rollout_complete=complete,
             rollout_message=message,
@@ -543,11 +609,11 @@ class KubernetesAdapter:
 
     async def _pod_log(
         self, namespace: str, pod: str, container: str, *, strict: bool = False, **kwargs: Any
-    ) -> str:
-        """The log text; "" when there is none yet (container waiting, pod gone).
+    ) -> str | None:
+        """The log text; "" when there is none yet (container waiting, pod gone: 400/404).
 
-        Other failures raise when `strict`; otherwise they read as "no log this time" (a pod
-        log that cannot be read is missing data: it must not stop the metric gates).
+        Other failures raise when `strict`; otherwise they return None: a pod log that cannot
+        be read is missing data, never "the line is not there" (API.md, Everyday change).
         """
         try:
             text = await self._call(
@@ -560,25 +626,29 @@ class KubernetesAdapter:
             if strict:
                 raise KubernetesError(f"read log {namespace}/{pod}: {exc}") from exc
             logger.warning("event=pod_log_unreadable namespace=%s pod=%s error=%r", namespace, pod, str(exc))
-            return ""
+            return None
         return text.decode(errors="replace") if isinstance(text, bytes) else str(text or "")
 
     async def _pod_startup(self, namespace: str, pod: Mapping[str, Any], container: str) -> PodStartup:
         name = _meta(pod)["name"]
         uid = _meta(pod).get("uid") or name
+        readable = True
         resolution = self._resolution_lines.get(uid)
         if resolution is None:
-            resolution, _ = parse_startup_log(
-                await self._pod_log(namespace, name, container, limit_bytes=LOG_HEAD_BYTES)
-            )
+            head = await self._pod_log(namespace, name, container, limit_bytes=LOG_HEAD_BYTES)
+            readable = head is not None
+            resolution, _ = parse_startup_log(head or "")
             if resolution is not None:
                 self._resolution_lines[uid] = resolution
                 while len(self._resolution_lines) > 4096:
                     self._resolution_lines.popitem(last=False)
-        _, trips = parse_startup_log(
-            await self._pod_log(namespace, name, container, tail_lines=LOG_TAIL_LINES)
+        tail = await self._pod_log(namespace, name, container, tail_lines=LOG_TAIL_LINES)
+        readable = readable and tail is not None
+        _, trips = parse_startup_log(tail or "")
+        return PodStartup(
+            pod=name, ready=pod_ready(pod), resolution_line=resolution,
+            circuit_breaker_lines=trips, log_readable=readable,
         )
-        return PodStartup(pod=name, ready=pod_ready(pod), resolution_line=resolution, circuit_breaker_lines=trips)
 
     async def patch_env(self, namespace: str, name: str, action: PatchEnv) -> bool:
         """Apply the env change and restart marker; False when already applied (or gone).
@@ -599,6 +669,8 @@ class KubernetesAdapter:
             after = self._to_dict(
                 await self._call(
                     self.apps.patch_namespaced_deployment, name, namespace, body,
+                    # our name in managedFields, so "who changed the env" reads right
+                    field_manager=self._component,
                     _content_type="application/strategic-merge-patch+json",
                 )
             )
@@ -653,7 +725,7 @@ class KubernetesAdapter:
             namespace, _meta(pod)["name"], PREFLIGHT_CONTAINER, strict=True, limit_bytes=PREFLIGHT_LOG_BYTES
         )
         return PreflightObservation(
-            job_name=job_name, state=state, output=output, exit_code=terminated_exit_code(pod)
+            job_name=job_name, state=state, output=output or "", exit_code=terminated_exit_code(pod)
         )
 
 
