@@ -250,6 +250,14 @@ class Env:
             if e.involved_object.kind == "FillProbRollout" and e.involved_object.name == self.rollout
         ]
 
+    def wait_event(self, reason: str, type_: str | None = None, timeout: float = 30) -> client.CoreV1Event:
+        """The Event is posted after the status write that records the transition: poll for it."""
+        return wait_for(
+            f"a {type_ or ''} Event {reason} on {self.namespace}",
+            lambda: next((e for e in self.events() if e.reason == reason and type_ in (None, e.type)), None),
+            timeout=timeout,
+        )
+
     def condition(self, type_: str) -> dict | None:
         return next((c for c in self.status().get("conditions", []) if c["type"] == type_), None)
 

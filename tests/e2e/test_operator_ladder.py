@@ -371,7 +371,7 @@ def test_threshold_jump_in_canary_halts_and_changes_nothing(grinder_env):
     assert last["evidence"], last
     assert managed(env) == expected("Canary")  # Halt: nothing changed, no rollback
     assert {"type": "Degraded", "status": "True"}.items() <= env.condition("Degraded").items()
-    assert any(e.reason == "RecommendedThresholdJumped" and e.type == "Warning" for e in env.events())
+    env.wait_event("RecommendedThresholdJumped", "Warning")
 
     # Halted changes nothing further: a few intervals later, same Deployment, same history.
     def snapshot():
@@ -405,7 +405,7 @@ def test_suspend_changes_nothing_then_continues(grinder_env):
     env.patch_spec(suspend=True)
     st = env.wait_state("Suspended", timeout=30)
     assert st["step"] == "Shadow"
-    assert any(e.reason == "Suspended" for e in env.events())
+    env.wait_event("Suspended")
 
     def snapshot():
         dep = env.apps.read_namespaced_deployment(env.deployment, env.namespace)

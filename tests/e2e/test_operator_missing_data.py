@@ -162,7 +162,7 @@ def test_prometheus_down_mid_window_holds_then_resumes(grinder_env, own_promethe
     assert ts(st["observationEndsAt"]) == ends_before or ts(st["observationEndsAt"]) > ends_before
     assert not [h for h in st.get("history", [])[history_before:] if h["action"] in ("StepPassed",)
                 or h["action"].startswith("Rollback")], st["history"][history_before:]
-    assert any(e.reason == "MetricsUnavailable" for e in env.events()), [e.reason for e in env.events()]
+    env.wait_event("MetricsUnavailable")
 
     # --- Prometheus back on the same port and storage -----------------------------------
     prom.start()

@@ -90,7 +90,7 @@ def test_model_dir_unset_halts_and_leaves_the_deployment_alone(grinder_env):
     assert st["reason"] == "ModelDirUnset", st
     assert MODEL_DIR in st["message"], st
     assert st["history"][-1]["action"] == "Halted" and st["history"][-1]["reason"] == "ModelDirUnset"
-    assert any(e.reason == "ModelDirUnset" and e.type == "Warning" for e in env.events())
+    env.wait_event("ModelDirUnset", "Warning")
     degraded = env.condition("Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "ModelDirUnset", degraded
     hold("Deployment/rollout while Halted", lambda: snapshot(env), 4)
@@ -206,7 +206,7 @@ def test_not_in_starting_state_halts_with_nothing_changed(grinder_env, overrides
     key = next(iter(overrides))
     assert key in st["message"], st
     assert st["history"][-1]["evidence"]["env"][key] == overrides[key], st["history"][-1]
-    assert any(e.reason == "StartingStateInvalid" for e in env.events())
+    env.wait_event("StartingStateInvalid")
     hold("Deployment/rollout while Halted", lambda: snapshot(env), 4)
     assert template(env) == before
     assert deployment(env).metadata.generation == generation

@@ -188,9 +188,9 @@ def test_cb_trip_in_expand2_applies_r2_to_batch1_set(grinder_env):
     (the allowlist of the last step that Passed); ENFORCE stays 1, nothing else changes."""
     env = grinder_env
     start(env, spec("Expand", observation={"shadow": FAST, "canary": FAST, "expandBatch": "15s"}))
-    # Expand 1's window is fixed when it starts observing; a longer expandBatch set then (a
-    # spec change that keeps the running window) holds Expand 2.
-    observing(env, "Expand 1/2")
+    # Windows follow the spec (API.md, Everyday change): once Expand 2 has started, a longer
+    # expandBatch holds it there (its window has 15s, the patch lands well within it).
+    env.wait_status("Expand 2/2 started", lambda st: st.get("step") == "Expand 2/2", timeout=180)
     env.patch_spec(observation={"shadow": FAST, "canary": FAST, "expandBatch": HOLD})
     st = observing(env, "Expand 2/2")
     good = CANARY + BATCH1
