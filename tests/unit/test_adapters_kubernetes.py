@@ -24,6 +24,7 @@ from fillprob_operator.adapters.kubernetes import (
     newest_replica_set,
     parse_startup_log,
     preflight_job_body,
+    restart_token_at,
     replica_set_pods,
     rollout_status,
     terminated_exit_code,
@@ -492,3 +493,16 @@ def test_resolution_line_is_cached_but_an_unreadable_tail_still_counts():
     assert (first.resolution_line, first.circuit_breaker_lines, first.log_readable) == (OK_LINE, (), False)
     assert (second.resolution_line, second.log_readable) == (OK_LINE, True)
     assert [kw for name, kw in api.log_reads if name == "grinder-abc-1"] == [{"tail_lines": LOG_TAIL_LINES}]
+
+
+def test_restart_token_at_is_when_the_annotation_was_last_written() -> None:
+    """progressDeadline counts from when our patch reached the Deployment (API.md, Everyday change)."""
+    token = {"f:spec": {"f:template": {"f:metadata": {"f:annotations": {f"f:{RESTART_TOKEN_ANNOTATION}": {}}}}}}
+    other = {"f:spec": {"f:template": {"f:spec": {"f:containers": {}}}}}
+    deployment = {"metadata": {"managedFields": [
+        {"manager": "kubectl-client-side-apply", "time": "2026-12-01T10:00:00Z", "fieldsV1": other},
+        {"manager": "fillprob-operator", "time": "2026-12-01T10:05:00Z", "fieldsV1": token},
+        {"manager": "kubectl-set", "time": "2026-12-01T10:09:00Z", "fieldsV1": other},
+    ]}}
+    assert restart_token_at(deployment).isoformat() == "2026-12-01T10:05:00+00:00"
+    assert restart_token_at({"metadata": {"managedFields": [deployment["metadata"]["managedFields"][0]]}}) is None

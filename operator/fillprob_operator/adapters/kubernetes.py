@@ -170,6 +170,21 @@ def restart_token(deployment: Mapping[str, Any]) -> str | None:
     return (template_meta.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
 
 
+def restart_token_at(deployment: Mapping[str, Any]) -> datetime | None:
+    """When the restart token reached the Deployment: the time of the newest `managedFields`
+    entry owning the annotation (progressDeadline counts from there, API.md Everyday change)."""
+    newest: datetime | None = None
+    for entry in _meta(deployment).get("managedFields") or ():
+        fields = entry.get("fieldsV1") or {}
+        template_meta = (((fields.get("f:spec") or {}).get("f:template") or {}).get("f:metadata")) or {}
+        if f"f:{RESTART_TOKEN_ANNOTATION}" not in (template_meta.get("f:annotations") or {}):
+            continue
+        at = _managed_time(entry)
+        if entry.get("time") and (newest is None or at > newest):
+            newest = at
+    return newest
+
+
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return next(
         (c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == type_),
@@ -582,6 +597,7 @@ class KubernetesAdapter:
             env=env_literals(container) if container is not None else {},
             env_managers=env_managers(deployment, container["name"]) if container is not None else {},
             restart_token=restart_token(deployment),
+            restart_token_at=restart_token_at(deployment),
             rollout_complete=complete,
             rollout_message=message,
             new_pods=new_pods,
