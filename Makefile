@@ -37,7 +37,7 @@ test-e2e: venv ## needs the testbed (make testbed-up) or KUBECONFIG; E2E_WORKERS
 	$(E2E)
 
 test: venv lint-imports testbed-build ## unit, integration and e2e tiers (builds and brings the testbed up if needed)
-	$(PY) -m pytest tests/unit tests/integration -q
+	$(PY) -m pytest tests/unit tests/integration -q -n 2
 	./testbed/up.sh
 	$(E2E)
 
