@@ -1,7 +1,9 @@
 -- Argo CD health check for grinder.io/FillProbRollout (runbook 32 as a controller).
 -- Source of truth: gitops/argocd/argocd-cm-patch.yaml is rendered from this file by
--- gitops/argocd/render.py; tests/unit/test_argocd_health.py runs it with Lua 5.1
--- (Argo CD runs gopher-lua, a Lua 5.1 dialect: no goto, no integer division).
+-- gitops/argocd/render.py. Argo CD runs a custom override in gopher-lua (Lua 5.1) with only
+-- the base, table and package libraries (no string, math, os: see README.md), so this script
+-- uses none of string.*, math.* or s:method() calls. gitops/argocd/luatest runs it that way
+-- (go test); tests/unit/test_argocd_health.py also runs it in Lua 5.1 (lupa).
 --
 -- Verdicts, first match wins:
 --   1. no status yet                                  -> Progressing (the operator has not reported)
@@ -11,7 +13,8 @@
 --   4. state Suspended or spec.suspend                -> Suspended
 --   5. MetricsAvailable=False                         -> Progressing: missing data is neither go nor
 --      no-go, the observation window is on hold, and a Passed step is not being guarded
---   6. state Passed at targetPhase's step (for Expand: the last batch) and Ready=True -> Healthy
+--   6. state Passed at targetPhase's step (for Expand: the last batch, step "Expand N/N") and
+--      Ready=True -> Healthy
 --   7. anything else (Pending, Preflight, Restarting, Verifying, Observing, Passed below
 --      or above the target, Passed at target without Ready=True) -> Progressing
 local hs = {}
@@ -57,6 +60,24 @@ local function with(text, extra)
   return text .. " (" .. extra .. ")"
 end
 
+-- The CRD allows at most 20 expandBatches; the operator labels batch k of N "Expand k/N".
+local MAX_BATCHES = 50
+
+-- Is `step` the label of the last Expand batch ("Expand N/N")? Without the string library the
+-- label is compared with each "Expand N/N" it could be, not parsed. A bare "Expand" (no batch
+-- label) counts as the last batch, as before.
+local function last_batch(step)
+  if step == nil or step == "Expand" then
+    return true
+  end
+  for n = 1, MAX_BATCHES do
+    if step == "Expand " .. tostring(n) .. "/" .. tostring(n) then
+      return true
+    end
+  end
+  return false
+end
+
 -- The last Expand batch is the target when targetPhase is Expand: step "Expand k/N" with k == N.
 local function at_target(spec, status)
   if status.phase == nil or spec.targetPhase == nil then
@@ -65,11 +86,8 @@ local function at_target(spec, status)
   if status.phase ~= spec.targetPhase then
     return false
   end
-  if status.phase == "Expand" and status.step ~= nil then
-    local k, n = string.match(status.step, "(%d+)%s*/%s*(%d+)")
-    if k ~= nil and tonumber(k) < tonumber(n) then
-      return false
-    end
+  if status.phase == "Expand" then
+    return last_batch(status.step)
   end
   return true
 end

@@ -1,4 +1,7 @@
-"""The Argo CD health check (gitops/argocd/health.lua) run in Lua 5.1, as Argo CD's gopher-lua would.
+"""The Argo CD health check (gitops/argocd/health.lua) run in Lua 5.1 (lupa), every library open.
+
+Argo CD itself runs it in gopher-lua with only base, table and package: that is tested by
+gitops/argocd/luatest (go test, run from tests/unit/test_argocd_gopher_lua.py).
 
 Also: argocd-cm-patch.yaml is in sync with the .lua, and ignore-differences.yaml's jq paths
 drop exactly the operator-owned fields.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -267,6 +271,29 @@ def test_metrics_unavailable_never_hides_degraded() -> None:
     assert health(rollout(state="Halted", conditions=[metrics]))["status"] == "Degraded"
 
 
+# --- the Go test's sample statuses, in Lua 5.1 too ----------------------------------------------
+
+HEALTH_CASES = json.loads((ARGOCD / "luatest" / "testdata" / "health.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", HEALTH_CASES, ids=[c["name"] for c in HEALTH_CASES])
+def test_sample_statuses_agree_with_gopher_lua_expectations(case: dict) -> None:
+    # gitops/argocd/luatest runs the same cases in Argo CD's gopher-lua VM (test_argocd_gopher_lua.py).
+    got = health(case["obj"])
+    assert got["status"] == case["status"], got
+    if "message" in case:
+        assert got["message"] == case["message"]
+    for part in case.get("messageContains", []):
+        assert part in got["message"]
+
+
+def test_health_lua_uses_no_library_argo_cd_leaves_closed() -> None:
+    # Argo CD opens base, table and package only (no useOpenLibs): see gitops/argocd/README.md.
+    code = "\n".join(line.split("--", 1)[0] for line in HEALTH_LUA.read_text(encoding="utf-8").splitlines())
+    assert not re.search(r"\b(string|math|os|io|debug|coroutine)\s*\.", code)
+    assert not re.search(r"[\w)\]\"']\s*:\s*[A-Za-z_]\w*\s*\(", code), "s:method() needs the string library"
+
+
 # --- argocd-cm patch in sync, ignoreDifferences ----------------------------------------------
 
 
@@ -276,7 +303,15 @@ def test_argocd_cm_patch_is_rendered_from_health_lua() -> None:
     assert patch_text == render.render(lua), "run: python3 gitops/argocd/render.py"
     patch = yaml.safe_load(patch_text)
     assert patch["kind"] == "ConfigMap" and patch["metadata"]["name"] == "argocd-cm"
-    assert patch["data"] == {"resource.customizations.health.grinder.io_FillProbRollout": lua}
+    assert set(patch["data"]) == {render.KEY, render.ACTIONS_KEY}
+    assert patch["data"][render.KEY] == lua
+    # Argo CD's ResourceActions: discovery.lua + definitions [{name, action.lua}], byte for byte.
+    actions = yaml.safe_load(patch["data"][render.ACTIONS_KEY])
+    assert actions["discovery.lua"] == (ARGOCD / "actions" / "discovery.lua").read_text(encoding="utf-8")
+    assert [d["name"] for d in actions["definitions"]] == list(render.ACTION_NAMES)
+    for d in actions["definitions"]:
+        assert d["action.lua"] == (ARGOCD / "actions" / d["name"] / "action.lua").read_text(encoding="utf-8")
+    assert not any(key.startswith("resource.customizations.useOpenLibs") for key in patch["data"])
 
 
 def test_render_check_cli() -> None:
