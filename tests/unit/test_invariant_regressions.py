@@ -124,3 +124,28 @@ def test_alert_queued_while_the_deployment_was_missing_narrows_the_rung_put_back
     sim.tick()
     assert sim.status.last_rollback is not None and sim.status.last_rollback.playbook.value == "R3"
     assert scope_of(sim.env).symbols is None and scope_of(sim.env).auto is False
+
+
+def test_a_cb_trip_seen_at_resume_is_answered_before_the_spec_change_redoes_the_step() -> None:
+    """Found by the state machine in CI (I5): Canary observing, suspended, minBps edited while
+    suspended, a CB trip logged, then resumed. The spec change would redo Canary (a new token,
+    whose pods are not there yet); the trip on the pods enforcing now is answered first: R1."""
+    import json
+
+    from dataclasses import replace
+
+    sim = world(spec_body(target="AutoThreshold", canary=("S1", "S2"), batches=()))
+    walk_until(sim, "Observing", "Canary")
+    body = json.loads(json.dumps(sim.body))
+    sim.set_spec({**body, "suspend": True})
+    sim.tick()
+    sim.set_spec({**body, "suspend": True, "minBps": 2600})
+    sim.tick()
+    line = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED symbol=S1 reason=block_rate"
+    sim.pods = (replace(sim.pods[0], cb_lines=(line,)), *sim.pods[1:])
+    sim.tick()
+    assert sim.status.state is State.SUSPENDED and sim.env.get(ENFORCE) == "1"
+    sim.set_spec({**body, "minBps": 2600})
+    sim.tick()
+    assert sim.status.state is State.ROLLED_BACK and sim.status.last_rollback.playbook.value == "R1"
+    assert sim.env.get(ENFORCE) == "0"

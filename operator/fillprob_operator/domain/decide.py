@@ -5,7 +5,8 @@ logging. The adapters persist `Decision.status` first (the status is the intent)
 `Decision.actions` in order; nothing to write when `changed` is False.
 
 `decide()` asks the questions in the order a person on call would, each answered by one module:
-1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated)
+1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated);
+                              then guarding: a CB trip or all-blocked symbol is answered first
 2. did the spec change?       lifecycle: re-arm on a real change; a lower target at once
 3. did someone else act?      outside: env changed by hand or GitOps; rollback requests
 4. is anything wrong now?     phase0 (model changed, preflight reruns), guarding, rollback
@@ -100,11 +101,13 @@ def _reconcile(t: Tick) -> None:
             return
         lifecycle.adopt_deployment(t)
     walking.reached(t)
-    # 2. Did the spec change?
+    # Guarding never waits for the rest: the pods enforcing now are judged first.
+    answered = guarding.first(t)
+    # 2. Did the spec change? (a change that came with a no-go does not re-arm past it)
     if not t.obs.spec_error:
         s.observed_generation = t.generation
         if new_generation:
-            lifecycle.replan(t, changed)
+            lifecycle.replan(t, changed and not answered)
     # 3. Did someone else act?
     outside.env_changed(t)
     outside.rollback_requests(t)

@@ -53,6 +53,28 @@ def watch(t: Tick) -> GateResult | None:
     return result if result.outcome is Outcome.PASS else None
 
 
+def first(t: Tick) -> bool:
+    """Before anything changes the restart token this tick (a spec change, a redo, a restore):
+    a CB trip or an all-blocked symbol on the pods enforcing now is answered first, with every
+    finding of the window gates (API.md: whenever ENFORCE=1 the no-go gates run). True when it
+    narrowed (or halted); the handlers then find the new restart's pods not ours yet."""
+    from . import rollback
+
+    s = t.s
+    if s.state in (State.PENDING, State.SUSPENDED) or not t.our_pods() or not t.enforcing():
+        return False
+    result = evaluate(t)
+    if result is None or result.outcome is not Outcome.NO_GO:
+        return False
+    if not any(f.signal in DANGER for f in result.findings):
+        return False
+    if s.state is State.HALTED:
+        rollback.answer(t, [f for f in result.findings if f.signal in DANGER], Playbook.R1)
+    else:
+        rollback.no_go(t, list(result.findings))
+    return True
+
+
 def danger_only(t: Tick) -> None:
     """While a restart is in flight (Restarting, Verifying before the rollout is done): CB trips
     and all-blocked symbols on our new pods are answered by the gate table at once."""
