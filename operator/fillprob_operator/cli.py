@@ -269,8 +269,12 @@ def _load_documents(path: str) -> list[Any]:
 
 
 def cmd_plan(args: argparse.Namespace, cluster_factory: Callable[[], Cluster]) -> int:
-    from .validation import invalid_message, validate_manifest
+    from .validation import DEFAULT_CRD_PATH, ValidationError, invalid_message, load_crd, validate_manifest
 
+    try:
+        load_crd(DEFAULT_CRD_PATH)
+    except ValidationError as exc:
+        raise CliError(EXIT_ERROR, f"{exc} (the package is incomplete: reinstall fillprob-operator)") from None
     docs = _load_documents(args.filename)
     rollouts = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if not rollouts:
@@ -406,6 +410,57 @@ def _poll(probe: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
         time.sleep(every)
 
 
+DISTRIBUTION = "fillprob-operator"  # pyproject.toml [project].name
+
+
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata), as the wheel recorded it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (fillprob-operator is not installed; running from a source tree)"
+
+
+def version_info() -> dict[str, Any]:
+    """What `version` prints: the package version and the API of the CRD `plan` validates with."""
+    import hashlib
+
+    from .validation import DEFAULT_CRD_PATH, ValidationError, load_crd
+
+    info: dict[str, Any] = {"plugin": "kubectl-fillprob", "version": package_version(),
+                            "python": sys.version.split()[0]}
+    try:
+        crd = load_crd(DEFAULT_CRD_PATH)
+    except ValidationError as exc:
+        raise CliError(EXIT_ERROR, f"{exc} (the package is incomplete: reinstall {DISTRIBUTION})") from None
+    spec = crd["spec"]
+    storage = next((v["name"] for v in spec["versions"] if v.get("storage")), spec["versions"][0]["name"])
+    info["crd"] = {
+        "name": crd["metadata"]["name"],
+        "kind": spec["names"]["kind"],
+        "apiVersion": f"{spec['group']}/{storage}",
+        "servedVersions": [v["name"] for v in spec["versions"] if v.get("served", True)],
+        "file": str(DEFAULT_CRD_PATH),
+        "sha256": hashlib.sha256(Path(DEFAULT_CRD_PATH).read_bytes()).hexdigest(),
+    }
+    return info
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    info = version_info()
+    if args.output:
+        print(dump(info, args.output))
+        return EXIT_OK
+    crd = info["crd"]
+    print(f"kubectl-fillprob {info['version']}")
+    print(f"API:    {crd['apiVersion']} {crd['kind']} (CRD {crd['name']}, served: {', '.join(crd['servedVersions'])})")
+    print(f"CRD:    {crd['file']} (sha256 {crd['sha256'][:12]})")
+    print(f"Python: {info['python']}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- argument parsing
 
 
@@ -431,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP + "\nMore: docs/plugin.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"kubectl-fillprob {package_version()}",
+                        help="print the plugin's version and exit (`version` also shows the CRD's API)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -476,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reason", help=f"kept in the {SUSPEND_REASON_ANNOTATION} annotation, shown by status")
         p.add_argument("--wait", action="store_true", help="wait until the operator reports it")
         p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="for --wait (60)")
+
+    p = sub.add_parser("version", formatter_class=fmt, epilog=EXIT_CODES_HELP,
+                       help="the plugin's version and the API version of the CRD it validates with",
+                       description="Prints the installed package's version (fillprob-operator), the "
+                                   "FillProbRollout API of the CRD shipped in the package (the one `plan` "
+                                   "validates against; the same file as crds/ in the repository), where "
+                                   "that file is and its sha256, and the Python running the plugin. "
+                                   "Needs no cluster.")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), help="as JSON or YAML")
     return parser
 
 
@@ -493,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         return Cluster(args.kubeconfig, args.context, args.request_timeout)
 
     try:
+        if args.command == "version":
+            return cmd_version(args)
         if args.command == "plan":
             return cmd_plan(args, cluster)
         if args.command == "status":

@@ -1,5 +1,8 @@
 """Offline validation of a FillProbRollout manifest against the CRD in `crds/`.
 
+The CRD read is the copy shipped as package data (`fillprob_operator/crds/`, the same bytes
+as `crds/`), so this works from an installed wheel without a checkout.
+
 What a GitOps pull request can check before anything reaches a cluster: the same schema
 (OpenAPI v3, via jsonschema) and the same CEL rules (`x-kubernetes-validations`, via
 cel-python) the API server enforces, with the API server's message forms, e.g.
@@ -45,8 +48,10 @@ Differences from the server, on purpose or by necessity:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import importlib.resources
 import json
 import math
 import re
@@ -68,8 +73,25 @@ from .api import DNS_SUBDOMAIN_PATTERN
 from .domain.durations import parse_go_duration
 from .domain.selector import re2_compile
 
-# The package lives at <repo>/operator/fillprob_operator/; the canonical CRD at <repo>/crds/.
-DEFAULT_CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "fillprobrollouts.grinder.io.yaml"
+CRD_FILE = "fillprobrollouts.grinder.io.yaml"
+
+
+def _packaged_crd_path() -> Path:
+    """The CRD shipped in the package (fillprob_operator/crds/, package data of the wheel).
+
+    A byte-for-byte copy of the canonical <repo>/crds/ file, kept by scripts/sync-chart-crds.sh
+    (`make chart-crds`) and checked by tests/unit/test_packaged_crd.py, so an installed wheel
+    (no checkout) and an editable install validate against the same CRD.
+    """
+    resource = importlib.resources.files(__package__).joinpath("crds", CRD_FILE)
+    if isinstance(resource, Path):
+        return resource
+    # Not a plain directory (a zip import): extract it once for the life of the process.
+    return _RESOURCE_FILES.enter_context(importlib.resources.as_file(resource))
+
+
+_RESOURCE_FILES = contextlib.ExitStack()
+DEFAULT_CRD_PATH = _packaged_crd_path()
 
 BLOCKING_MESSAGE = (
     "<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; "

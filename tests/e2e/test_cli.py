@@ -1,7 +1,8 @@
 """`kubectl fillprob` against the testbed: every command, and its exit codes.
 
 The plugin runs as a real subprocess (the installed `kubectl-fillprob` console script, and once
-through `kubectl fillprob` plugin discovery) with the testbed's KUBECONFIG.
+through `kubectl fillprob` plugin discovery) with the testbed's KUBECONFIG. FILLPROB_PLUGIN
+points them at another install (a wheel's venv).
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from support import wait_for
 
 pytestmark = pytest.mark.e2e
 
-VENV_BIN = Path(sys.executable).parent
-PLUGIN = VENV_BIN / "kubectl-fillprob"
+# FILLPROB_PLUGIN=/path/to/kubectl-fillprob runs these tests against another install of the
+# plugin, e.g. the console script of a wheel installed into a clean venv (tests/integration/
+# test_wheel.py builds one; docs/plugin.md): every command, against the testbed, from the wheel.
+PLUGIN = Path(os.environ.get("FILLPROB_PLUGIN") or Path(sys.executable).parent / "kubectl-fillprob")
+VENV_BIN = PLUGIN.parent  # on PATH for kubectl's plugin discovery
 
 
 def plugin_cmd() -> list[str]:
-    return [str(PLUGIN)] if PLUGIN.exists() else [sys.executable, "-m", "fillprob_operator.cli"]
+    if PLUGIN.exists() or os.environ.get("FILLPROB_PLUGIN"):  # a FILLPROB_PLUGIN that is not there fails
+        return [str(PLUGIN)]
+    return [sys.executable, "-m", "fillprob_operator.cli"]
 
 
 def fillprob(*args: str, kubeconfig: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
