@@ -72,7 +72,26 @@ class OperatorMetrics:
             buckets=QUERY_BUCKETS,
             registry=self.registry,
         )
+        self.condition = Gauge(
+            "fillprob_rollout_condition",
+            "1 for each status condition's current status (Ready, Progressing, Degraded, MetricsAvailable).",
+            ["namespace", "name", "type", "status"],
+            registry=self.registry,
+        )
+        self.last_evaluation = Gauge(
+            "fillprob_rollout_last_evaluation_timestamp_seconds",
+            "Unix time the last evaluation (tick) of each rollout finished.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.evaluation_interval = Gauge(
+            "fillprob_rollout_evaluation_interval_seconds",
+            "Each rollout's spec.prometheus.interval in seconds.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self._info_labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._condition_labels: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
         self._server: Any = None
 
@@ -87,11 +106,36 @@ class OperatorMetrics:
             self.info.labels(namespace, name, phase, state).set(1)
             self._info_labels[(namespace, name)] = (phase, state)
 
+    def set_evaluated(
+        self, namespace: str, name: str, at: float, interval: float, conditions: dict[str, str]
+    ) -> None:
+        """After each tick: when, at which interval, and each condition's status (one series per
+        condition type; the old status goes when it changes)."""
+        with self._lock:
+            self.last_evaluation.labels(namespace, name).set(at)
+            self.evaluation_interval.labels(namespace, name).set(interval)
+            for type_, status in conditions.items():
+                key = (namespace, name, type_)
+                old = self._condition_labels.get(key)
+                if old == status:
+                    continue
+                if old is not None:
+                    self.condition.remove(namespace, name, type_, old)
+                self.condition.labels(namespace, name, type_, status).set(1)
+                self._condition_labels[key] = status
+
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             old = self._info_labels.pop((namespace, name), None)
             if old is not None:
                 self.info.remove(namespace, name, *old)
+            for key in [k for k in self._condition_labels if k[:2] == (namespace, name)]:
+                self.condition.remove(*key, self._condition_labels.pop(key))
+            for gauge in (self.last_evaluation, self.evaluation_interval):
+                try:
+                    gauge.remove(namespace, name)
+                except KeyError:
+                    pass
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

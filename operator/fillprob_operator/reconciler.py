@@ -350,6 +350,10 @@ class Reconciler:
             self._clean_look_at.pop((namespace, name), None)
         phase, state = str(new.get("phase", "")), str(new.get("state", ""))
         self.metrics.set_info(namespace, name, phase, state)
+        self.metrics.set_evaluated(
+            namespace, name, self.clock.now().timestamp(), interval,
+            {str(c.get("type")): str(c.get("status")) for c in new.get("conditions") or () if c.get("type")},
+        )
         self._log_transition(namespace, name, raw_status, new, result)
         return TickOutcome(interval, phase=phase, state=state)
 

@@ -210,6 +210,22 @@ def test_info_metric_keeps_one_series_per_rollout():
     assert get("fillprob_rollout_info", {"namespace": "ns", "name": "r", "phase": "Canary", "state": "Restarting"}) is None
 
 
+def test_evaluation_metrics_keep_one_condition_series_and_are_forgotten():
+    """What the operator's own alerts read (docs/kube-prometheus-stack.md)."""
+    metrics = OperatorMetrics()
+    get = metrics.registry.get_sample_value
+    metrics.set_evaluated("ns", "r", 1000.0, 2.0, {"MetricsAvailable": "True", "Ready": "False"})
+    metrics.set_evaluated("ns", "r", 1002.0, 2.0, {"MetricsAvailable": "False", "Ready": "False"})
+    labels = {"namespace": "ns", "name": "r"}
+    assert get("fillprob_rollout_condition", {**labels, "type": "MetricsAvailable", "status": "True"}) is None
+    assert get("fillprob_rollout_condition", {**labels, "type": "MetricsAvailable", "status": "False"}) == 1
+    assert get("fillprob_rollout_last_evaluation_timestamp_seconds", labels) == 1002.0
+    assert get("fillprob_rollout_evaluation_interval_seconds", labels) == 2.0
+    metrics.forget("ns", "r")
+    assert get("fillprob_rollout_condition", {**labels, "type": "Ready", "status": "False"}) is None
+    assert get("fillprob_rollout_last_evaluation_timestamp_seconds", labels) is None
+
+
 def test_gone_pods_are_dropped_and_sampled_at_is_the_scrape_time():
     live = {"namespace": "ns", "pod": "g-2-new"}
     gone = {"namespace": "ns", "pod": "g-1-old"}

@@ -273,10 +273,64 @@ def test_chart_crds_are_only_ours_and_kopfs():
     assert names == {"fillprobrollouts.grinder.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
 
 
+
+# The CRD chart (charts/fillprob-operator-crds): how `helm upgrade` upgrades the CRD (docs/install.md
+# "Upgrading"; tests/e2e/test_crd_upgrade.py upgrades the previous CRD with it on a live cluster).
+CRD_CHART = REPO / "charts" / "fillprob-operator-crds"
+CANONICAL_CRD = REPO / "crds" / "fillprobrollouts.grinder.io.yaml"
+PREVIOUS_CRD = REPO / "tests" / "fixtures" / "previous-crd" / "fillprobrollouts.grinder.io@9553c41.yaml"
+
+
+def test_crd_chart_lint_is_clean():
+    proc = helm("lint", "--strict", str(CRD_CHART))
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_crd_chart_file_is_the_canonical_crd_byte_for_byte():
+    copy = CRD_CHART / "files" / CANONICAL_CRD.name
+    assert copy.read_bytes() == CANONICAL_CRD.read_bytes(), f"{copy} differs from {CANONICAL_CRD}: run make chart-crds"
+    assert sorted(p.name for p in (CRD_CHART / "files").iterdir()) == [CANONICAL_CRD.name]
+
+
+def test_crd_chart_renders_the_canonical_crd_kept_on_uninstall():
+    """Exactly the canonical CRD, plus the keep policy (uninstall never deletes the CRD, and so
+    never the rollouts) and labels; nothing else in the chart, and no values change that."""
+    proc = helm("template", "fpo-crds", str(CRD_CHART), "--namespace", NAMESPACE)
+    assert proc.stderr.strip() == "", proc.stderr
+    [crd] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    expected = yaml.safe_load(CANONICAL_CRD.read_text())
+    metadata = crd["metadata"]
+    assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    chart = yaml.safe_load((CRD_CHART / "Chart.yaml").read_text())
+    assert metadata.pop("labels") == {
+        "app.kubernetes.io/name": "fillprob-operator-crds",
+        "app.kubernetes.io/part-of": "fillprob-operator",
+        "app.kubernetes.io/version": chart["appVersion"],
+        "helm.sh/chart": f"fillprob-operator-crds-{chart['version']}",
+    }
+    assert crd == expected
+    main = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert (chart["version"], chart["appVersion"]) == (main["version"], main["appVersion"]), (
+        "release the CRD chart with the operator chart: same version and appVersion"
+    )
+
+
+def test_previous_crd_fixture_is_older_than_the_canonical_crd():
+    """tests/e2e/test_crd_upgrade.py upgrades from this CRD (git show 9553c41:crds/...): it must be
+    the same resource, and the upgrade must bring something it lacks (the RE2 regex rule)."""
+    previous, current = yaml.safe_load(PREVIOUS_CRD.read_text()), yaml.safe_load(CANONICAL_CRD.read_text())
+    assert previous["metadata"]["name"] == current["metadata"]["name"]
+    assert "valid RE2 regular expression" not in PREVIOUS_CRD.read_text()
+    assert "valid RE2 regular expression" in CANONICAL_CRD.read_text()
+
 def test_prometheus_rule_is_the_rules_file(default_docs, namespaced_docs):
     assert kinds(default_docs, "PrometheusRule") == [] and kinds(default_docs, "ServiceMonitor") == []
     rule = one(namespaced_docs, "PrometheusRule")
-    assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
+    # The rules file as is, then the operator's own alerts (tests/unit/test_chart_monitoring.py).
+    file_groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    assert rule["spec"]["groups"][: len(file_groups)] == file_groups
+    assert [g["name"] for g in rule["spec"]["groups"][len(file_groups):]] == ["fillprob-operator"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     monitor = one(namespaced_docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
