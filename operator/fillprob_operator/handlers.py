@@ -4,6 +4,10 @@
   clients and the shared Prometheus gateway into `memo`, the metrics server;
 - one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken,
   `Reconciler.tick` (observe -> decide -> execute);
+- no finalizer on the rollouts (`release_finalizers`): the operator owns nothing outside the
+  object that garbage collection does not remove, so neither deleting a rollout nor deleting
+  its namespace ever waits for the operator (it may be uninstalled); a `DELETED` watch event
+  stops the rollout's daemon instead;
 - update handlers for `spec` and the `grinder.io/rollback` annotation only wake the daemon;
 - the Alertmanager webhook receiver (FILLPROB_WEBHOOK_ADDR) queues alert rollbacks in the
   rollout's inbox and wakes its daemon;
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +43,9 @@ from .webhook import WebhookConfig, make_webhook_app, start_webhook_server
 
 logger = logging.getLogger("fillprob_operator")
 
+# No handler requires a finalizer (see `release_finalizers`), so kopf never adds this one; it stays
+# the configured name so that kopf REMOVES it from rollouts that an older operator version
+# finalized ("Removing the finalizer, as there are no handlers requiring it", kopf's processing).
 FINALIZER = "grinder.io/finalizer"
 STORAGE_PREFIX = "grinder.io"
 
@@ -95,6 +103,13 @@ def build_runtime(
     memo.rollback_inbox = RollbackInbox(wake=memo.wakeups.wake)
     # (namespace, name) of the rollouts whose daemon runs here: the webhook accepts only those.
     memo.rollouts = set()
+    # (namespace, name) -> uid of the rollout whose daemon owns that name's shared state here
+    # (wakeup, inbox, metrics): a daemon of a deleted rollout never drops its successor's.
+    memo.owners = {}
+    # uids of the rollouts whose daemon runs here, and of those of them the watch reported
+    # DELETED (their daemon exits at once).
+    memo.running = set()
+    memo.deleted = set()
     memo.reconciler = Reconciler(
         kube=memo.kube,
         gateway=memo.gateway,
@@ -174,15 +189,35 @@ async def wait_for_next_tick(stopped: Any, wake: asyncio.Event, timeout: float) 
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def rollout_event(type: str | None, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """The watch said the rollout is gone: stop its daemon now.
+
+    Without a finalizer kopf does not stop a daemon when its object disappears (it stops them
+    on `deletionTimestamp`, which an object without finalizers never shows): this does.
+    """
+    if type == "DELETED" and uid in memo.get("running", ()):
+        memo.deleted.add(uid)
+        memo.wakeups.wake(namespace, name)
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def rollout(namespace: str, name: str, memo: kopf.Memo, stopped: Any, **_: Any) -> None:
+async def rollout(
+    namespace: str, name: str, memo: kopf.Memo, stopped: Any, uid: str = "", **_: Any
+) -> None:
     """The rollout's loop: level-based, so a restart resumes from `status`."""
+    key = (namespace, name)
     wake = memo.wakeups.event(namespace, name)
-    memo.rollouts.add((namespace, name))
+    memo.rollouts.add(key)
+    memo.owners[key] = uid
+    memo.running.add(uid)
     interval = DEFAULT_INTERVAL_SECONDS
     gone = False
     try:
         while not stopped:
+            if uid in memo.deleted:
+                gone = True
+                break
             wake.clear()
             try:
                 outcome = await memo.reconciler.tick(namespace, name)
@@ -195,9 +230,42 @@ async def rollout(namespace: str, name: str, memo: kopf.Memo, stopped: Any, **_:
                 break
             await wait_for_next_tick(stopped, wake, interval)
     finally:
-        # Stopped for any reason (deleted, a peering pause, exiting): no more alerts for it here.
-        memo.rollouts.discard((namespace, name))
-        if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
-            memo.metrics.forget(namespace, name)
-            memo.wakeups.drop(namespace, name)
-            memo.rollback_inbox.drop(namespace, name)
+        memo.running.discard(uid)
+        memo.deleted.discard(uid)
+        # A successor with the same name (deleted and recreated) may already run here: its
+        # shared state is not this daemon's to drop.
+        if memo.owners.get(key) == uid:
+            del memo.owners[key]
+            # Stopped for any reason (deleted, a peering pause, exiting): no more alerts for it here.
+            memo.rollouts.discard(key)
+            if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
+                memo.metrics.forget(namespace, name)
+                memo.wakeups.drop(namespace, name)
+                memo.rollback_inbox.drop(namespace, name)
+
+
+def release_finalizers(registry: kopf.OperatorRegistry) -> list[str]:
+    """Make the registry's daemons and timers need no finalizer; the ids of those changed.
+
+    kopf marks every `@kopf.daemon`/`@kopf.timer` handler `requires_finalizer=True`, with no
+    option to turn it off (kopf/on.py; nolar/kopf#833, the closed PR #896), and puts
+    `settings.persistence.finalizer` on each object so that it can await its daemons' exit
+    before the object goes. This operator's daemons own nothing outside their rollout that the
+    garbage collector does not remove (preflight Jobs carry an ownerReference; Events expire;
+    the Deployment's env is deliberately left as the last rung set it), so the finalizer only
+    wedges deletion whenever the operator is not running: a `helm uninstall` followed by a
+    namespace deletion left the namespace Terminating forever. With the flag off, kopf neither
+    adds the finalizer nor keeps one an older version added: it removes it on the first event
+    it sees (kopf/_core/reactor/processing.py, `process_resource_causes`).
+    """
+    spawning = registry._spawning
+    changed = []
+    for index, handler in enumerate(spawning._handlers):
+        if handler.requires_finalizer:
+            spawning._handlers[index] = dataclasses.replace(handler, requires_finalizer=False)
+            changed.append(handler.id)
+    return changed
+
+
+# Import-time, right after the daemon is registered: before kopf sees any object.
+release_finalizers(kopf.get_default_registry())

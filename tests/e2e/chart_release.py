@@ -108,13 +108,13 @@ class ChartRelease:
         return self.wait_ready()
 
     def uninstall(self) -> None:
-        """Delete the watched namespace's rollouts while the operator still runs (it owns their
-        finalizer), `helm uninstall`, and check that nothing of the release is left."""
+        """Delete the watched namespace's rollouts (they carry no finalizer: test_uninstall.py
+        uninstalls with them live), `helm uninstall`, and check that nothing of the release is left."""
         custom = client.CustomObjectsApi(self.api)
         for fpr in custom.list_namespaced_custom_object(GROUP, VERSION, self.watched, PLURAL)["items"]:
             custom.delete_namespaced_custom_object(GROUP, VERSION, self.watched, PLURAL, fpr["metadata"]["name"])
         wait_for(
-            "the operator to release its FillProbRollouts (finalizer removed, objects gone)",
+            "the FillProbRollouts gone",
             lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, self.watched, PLURAL)["items"],
             90,
         )

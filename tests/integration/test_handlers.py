@@ -478,3 +478,124 @@ def test_startup_serves_the_webhook_when_configured(tmp_path, monkeypatch):
     asyncio.run(scenario())
     with socket.socket() as s:  # cleanup closed the listener
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# --- no finalizer: uninstalling the operator never wedges a rollout or its namespace ----------
+
+FPR = kopf.Resource("grinder.io", "v1alpha1", "fillprobrollouts", namespaced=True)
+
+
+def test_no_handler_of_fillprobrollouts_requires_a_finalizer():
+    registry = kopf.get_default_registry()
+    spawning = [h for h in registry._spawning.get_all_handlers() if h.selector.check(FPR)]
+    changing = [h for h in registry._changing.get_all_handlers() if h.selector.check(FPR)]
+    assert spawning and changing
+    assert [h.id for h in spawning + changing if h.requires_finalizer] == []
+
+
+def test_release_finalizers_turns_off_what_kopf_daemon_always_turns_on():
+    registry = kopf.OperatorRegistry()
+
+    @kopf.daemon("grinder.io", "v1alpha1", "fillprobrollouts", registry=registry)
+    async def loop(**_):
+        pass
+
+    @kopf.timer("grinder.io", "v1alpha1", "fillprobrollouts", interval=1, registry=registry)
+    async def every(**_):
+        pass
+
+    # kopf's own behaviour (kopf/on.py: requires_finalizer=True, no option): why this exists.
+    assert [h.requires_finalizer for h in registry._spawning.get_all_handlers()] == [True, True]
+    assert [i.rsplit(".", 1)[-1] for i in handlers.release_finalizers(registry)] == ["loop", "every"]
+    assert [h.requires_finalizer for h in registry._spawning.get_all_handlers()] == [False, False]
+    assert [h.fn for h in registry._spawning.get_all_handlers()] == [loop, every]
+    assert handlers.release_finalizers(registry) == []
+
+
+def _kopf_sees(memo, memories, raw_event, patches, settings):
+    """One watch event through kopf's real processing (our registry), patches captured."""
+    from kopf._core.engines.indexing import OperatorIndexers
+    from kopf._core.reactor.processing import process_resource_event
+
+    return process_resource_event(
+        lifecycle=kopf.lifecycles.all_at_once,
+        indexers=OperatorIndexers(),
+        registry=kopf.get_default_registry(),
+        settings=settings,
+        memories=memories,
+        memobase=memo,
+        resource=FPR,
+        raw_event=raw_event,
+        event_queue=asyncio.Queue(),
+        no_throttling=True,
+    )
+
+
+def test_kopf_removes_an_old_finalizer_adds_none_and_a_deleted_rollout_stops_its_daemon(world, monkeypatch):
+    from kopf._core.actions import application
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    cluster, clock, prometheus, decide, memo = world
+    patches: list[list] = []
+
+    async def apply(*, body, patch, **_):
+        if patch:
+            patches.append(patch.as_json_patch(body))
+        return True, None, None
+
+    monkeypatch.setattr(application, "apply", apply)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Settings())
+    memories = ResourceMemories()
+    body = copy.deepcopy(rollout(cluster))
+
+    async def scenario():
+        # 1. listed at startup, finalized by an older operator version: kopf removes it...
+        old = copy.deepcopy(body)
+        old["metadata"]["finalizers"] = ["other.io/keep", handlers.FINALIZER]
+        await _kopf_sees(memo, memories, {"type": None, "object": old}, patches, settings)
+        removed = [op for p in patches for op in p if op["path"].startswith("/metadata/finalizers")]
+        assert removed and all(op["op"] in ("remove", "replace") for op in removed), patches
+        assert not any(handlers.FINALIZER in str(op.get("value")) for op in removed), patches
+        # ... and the daemon runs all the same.
+        await until(lambda: len(decide.seen) >= 1)
+        assert memo.owners == {(NS, NAME): body["metadata"]["uid"]}
+
+        # 2. further events: no finalizer is ever added.
+        patches.clear()
+        for _ in range(2):
+            await _kopf_sees(memo, memories, {"type": "MODIFIED", "object": copy.deepcopy(body)}, patches, settings)
+        assert not [op for p in patches for op in p if "finalizers" in op["path"]], patches
+
+        # 3. deleted (no deletionTimestamp: nothing blocked it): the daemon stops at once,
+        #    not after its 30s interval, and forgets the rollout.
+        seen = len(decide.seen)
+        await _kopf_sees(memo, memories, {"type": "DELETED", "object": copy.deepcopy(body)}, patches, settings)
+        await until(lambda: not memo.owners, deadline=5)
+        assert memo.rollouts == set() and memo.deleted == set() and memo.running == set()
+        assert len(decide.seen) == seen  # no tick of a deleted rollout
+
+    asyncio.run(scenario())
+
+
+def test_daemon_of_a_deleted_rollout_leaves_its_successor_alone(world):
+    """Deleted and recreated under the same name: the old daemon's exit drops nothing of the new."""
+    cluster, clock, prometheus, decide, memo = world
+
+    async def scenario():
+        old_stopped, new_stopped = FakeStopped(), FakeStopped()
+        old = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=old_stopped, uid="u-old"))
+        await until(lambda: len(decide.seen) == 1)
+        new = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=new_stopped, uid="u-new"))
+        await until(lambda: len(decide.seen) == 2)
+        await handlers.rollout_event(type="DELETED", namespace=NS, name=NAME, uid="u-old", memo=memo)
+        await asyncio.wait_for(old, 5)
+        assert memo.owners == {(NS, NAME): "u-new"} and memo.rollouts == {(NS, NAME)}
+        assert not new.done()
+        await handlers.rollout_event(type="DELETED", namespace=NS, name="unknown", uid="u-x", memo=memo)
+        assert memo.deleted == set()
+        new_stopped.set(kopf.DaemonStoppingReason.OPERATOR_EXITING)
+        await asyncio.wait_for(new, 5)
+        assert memo.owners == {} and memo.running == set()
+
+    asyncio.run(scenario())
