@@ -38,6 +38,10 @@ SERIAL_FIXTURES = {
 SERIAL_FILES = {
     "test_testbed_node.py": "measures the shared process node itself (grace periods, back-off, probe "
                             "restarts, lease heartbeat): next to other tests it would measure their load",
+    "test_crd_upgrade.py": "swaps the cluster-scoped FillProbRollout CRD (the previous version, then the "
+                           "chart's upgrade) that every other test's rollouts use; restores it at the end",
+    "test_kube_prometheus_stack.py": "installs prometheus-operator's CRDs (cluster-scoped, every namespace "
+                                     "sees them) for a dry run of the chart's objects; removes them again",
 }
 # Tests that walk a grinder through restarts and windows (minutes each) start first, so that
 # the quick ones fill the gaps at the end instead of one long test finishing alone.
