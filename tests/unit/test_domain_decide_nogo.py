@@ -522,3 +522,28 @@ def test_alert_rollbacks_narrow_or_do_nothing_whatever_their_starts_at() -> None
     decision = d.tick(timedelta(seconds=5))
     assert patches(decision) == [] and d.status.history[-1].action == "RollbackSkipped"
     assert d.status.history[-1].reason == "RollbackSkipped" and "would not narrow" in d.status.history[-1].evidence["why"]
+
+
+def test_an_alert_and_the_trip_it_reports_in_one_tick_roll_back_once() -> None:
+    """Found by CI (e2e): the webhook woke the rollout while the CB line was already in the log.
+    Someone asked first (the alert: R1 at Canary), then the gates find the new restart's pods
+    not there yet; nothing halts a rollout that was just rolled back."""
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    d.world.requests = (RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:9"),)
+    decision = cb_trip(d)
+    (patch,) = patches(decision)
+    assert dict(patch.set_env) == {"GRINDER_FILL_MODEL_ENFORCE": "0"}
+    assert d.status.state is State.ROLLED_BACK
+    assert (d.status.last_rollback.playbook.value, d.status.last_rollback.reason) == ("R1", "AlertFired")
+
+
+def test_an_unlabelled_alert_whose_table_says_halt_leaves_a_rolled_back_rollout_alone() -> None:
+    d = Driver(make_spec())
+    d.walk_to("Canary")
+    cb_trip(d)
+    assert d.status.state is State.ROLLED_BACK and d.status.phase.value == "Shadow"
+    d.world.requests = (RollbackRequest(playbook="", reason="AlertFired", source="alert CB", key="alert:fp:10"),)
+    decision = d.tick(timedelta(seconds=30))
+    assert patches(decision) == [] and d.status.state is State.ROLLED_BACK
+    assert d.status.history[-1].action == "RollbackSkipped"

@@ -5,12 +5,14 @@ logging. The adapters persist `Decision.status` first (the status is the intent)
 `Decision.actions` in order; nothing to write when `changed` is False.
 
 `decide()` asks the questions in the order a person on call would, each answered by one module:
-1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated);
-                              then guarding: a CB trip or all-blocked symbol is answered first
-2. did the spec change?       lifecycle: re-arm on a real change; a lower target at once
-3. did someone else act?      outside: env changed by hand or GitOps; rollback requests
-4. is anything wrong now?     phase0 (model changed, preflight reruns), guarding, rollback
-5. may I climb?               walking (one step at a time, only after the step below Passed)
+1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated)
+2. did someone ask?           outside: annotation and alert rollbacks (narrow or nothing)
+3. is anything wrong now?     guarding: a CB trip or all-blocked symbol on the pods enforcing
+                              now, answered before anything moves the restart token
+4. did the spec change?       lifecycle: re-arm on a real change; a lower target at once;
+   did someone else act?      outside: env changed by hand or GitOps
+5. may I climb?               phase0 (model changed, preflight reruns), then each state's
+                              handler: walking, guarding, rollback
 Then report writes the conditions and the actions.
 
 States (API.md): Pending -> Preflight -> Restarting -> Verifying -> Observing -> Passed ->
@@ -101,17 +103,19 @@ def _reconcile(t: Tick) -> None:
             return
         lifecycle.adopt_deployment(t)
     walking.reached(t)
-    # Guarding never waits for the rest: the pods enforcing now are judged first.
-    answered = guarding.first(t)
-    # 2. Did the spec change? (a change that came with a no-go does not re-arm past it)
+    # 2. Did someone ask for a rollback? 3. Is anything wrong now? Both before anything else
+    # moves the restart token: the pods enforcing now are judged first (guarding never waits).
+    rolled_back = s.last_rollback
+    outside.rollback_requests(t)
+    answered = guarding.first(t) or s.last_rollback != rolled_back
+    # 4. Did the spec change? (a change that came with a rollback or halt does not re-arm past it)
     if not t.obs.spec_error:
         s.observed_generation = t.generation
         if new_generation:
             lifecycle.replan(t, changed and not answered)
-    # 3. Did someone else act?
+    # Did someone else change the env?
     outside.env_changed(t)
-    outside.rollback_requests(t)
-    # 4. Is anything wrong now? (the model; then each state's gates), 5. may I climb?
+    # 5. The model (preflight reruns), then each state's handler: gates, and may I climb?
     phase0.changed_dirs(t)
     phase0.background(t)
     for _ in range(_MAX_TRANSITIONS_PER_CALL):

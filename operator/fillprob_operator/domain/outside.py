@@ -65,8 +65,8 @@ def apply(t: Tick, request: RollbackRequest, reason: Reason) -> None:
     else:  # an alert without a `rollback` label: the table's playbook for a CB trip here
         response = response_to(Signal.CIRCUIT_BREAKER_TRIP, s.phase)
         if response == HALT or response is None:
-            if s.state is State.HALTED:
-                skipped(t, reason, request, "already Halted, and the gate table says Halt here", evidence)
+            if s.state in (State.HALTED, State.ROLLED_BACK):
+                skipped(t, reason, request, f"already {s.state.value}, and the gate table says Halt here", evidence)
             else:
                 t.halt(reason, f"{request.source}: the gate table says Halt for a CB trip at {s.step}", evidence)
             return
