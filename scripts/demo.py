@@ -144,12 +144,12 @@ def prom(query: str) -> float | None:
 
 def clean(k: Cluster) -> None:
     stage(f"1/6 clean: namespace {NS} (re-runs start from scratch)")
-    # The FillProbRollout first, while the operator can still remove its finalizer (deleting
-    # the namespace also deletes the operator's Role there). An operator that is not running
-    # any more cannot: then the finalizer is dropped by hand after a grace period.
+    # The FillProbRollout first. The operator puts no finalizer on it (docs/install.md,
+    # "Uninstalling"); one left by an older version is removed by the operator when it runs,
+    # else by hand after a grace period.
     try:
         k.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "grinder")
-        say(f"deleting FillProbRollout {NS}/grinder (the operator removes its finalizer) ...")
+        say(f"deleting FillProbRollout {NS}/grinder ...")
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -330,10 +330,10 @@ def make_env(api: client.ApiClient, prefix: str) -> Env:
 
 
 def delete_env(env: Env) -> None:
-    """Delete the rollout while the operator still runs (it removes its finalizer), then the rest.
+    """Delete the rollout while the operator still runs, then the rest.
 
-    A finalizer left behind (operator already gone) is removed by hand, so the namespace
-    never sticks in Terminating.
+    The operator puts no finalizer on rollouts; one left by an older version (or a test that
+    sets it) is removed by hand, so the namespace never sticks in Terminating.
     """
     try:
         env.custom.delete_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, env.rollout)
