@@ -104,6 +104,8 @@ def test_index_lookups() -> None:
         (AppliedEnv(enforce="1", enforce_symbols="SYM2,SYM1,SYM4,SYM3"), (Phase.EXPAND, 1, "Expand 1/2")),
         (AppliedEnv(enforce="1", enforce_symbols="SYM1"), (Phase.CANARY, None, "Canary (safeSymbols)")),
         (AppliedEnv(enforce="1", enforce_symbols="SYM2"), (Phase.CANARY, None, "Canary (1 symbols)")),
+        # no rung has this set: the highest rung it covers (a person dropped SYM6 at Expand 2)
+        (AppliedEnv(enforce="1", enforce_symbols="SYM1,SYM2,SYM3,SYM4,SYM5"), (Phase.EXPAND, 1, "Expand 1/2 (+SYM5)")),
         (AppliedEnv(enforce="1", enforce_symbols="", auto_threshold="0"), (Phase.FULL, None, "Full")),  # after R3
         (AppliedEnv(enforce="1", enforce_symbols="", auto_threshold="1"), (Phase.AUTO_THRESHOLD, None, "AutoThreshold")),
     ],

@@ -149,3 +149,20 @@ def test_a_cb_trip_seen_at_resume_is_answered_before_the_spec_change_redoes_the_
     sim.tick()
     assert sim.status.state is State.ROLLED_BACK and sim.status.last_rollback.playbook.value == "R1"
     assert sim.env.get(ENFORCE) == "0"
+
+
+def test_two_symbols_dropped_by_hand_never_read_as_a_climb() -> None:
+    """Found by the explore profile (I4): at Expand 2/2 someone drops a symbol, then another.
+    Each narrowing is kept and Halted; the phase read back from the env only moves down (a set
+    between two rungs reads as the rung it covers, "Expand 1/2 (+S5)"), never up."""
+    from fillprob_operator.domain.ladder import ENFORCE_SYMBOLS
+
+    sim = world(spec_body(target="Expand", canary=("S1", "S2"), batches=(("S4",), ("S5", "S6"))))
+    walk_until(sim, "Observing", "Expand 2/2")
+    sim.edit_env(ENFORCE_SYMBOLS, "S1,S2,S4,S5", "kubectl-set")
+    sim.tick()
+    first = (sim.status.state, sim.status.phase, sim.status.batch, sim.status.step)
+    assert first == (State.HALTED, first[1], 1, "Expand 1/2 (+S5)") and first[1].value == "Expand"
+    sim.edit_env(ENFORCE_SYMBOLS, "S1,S2,S4", "kubectl-set")
+    sim.tick()
+    assert (sim.status.state, sim.status.batch, sim.status.step) == (State.HALTED, 1, "Expand 1/2")

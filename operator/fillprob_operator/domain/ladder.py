@@ -128,9 +128,9 @@ def phase_of_env(
 ) -> tuple[Phase, int | None, str]:
     """The rung whose env is effectively applied: (phase, batch, label).
 
-    ENFORCE off -> Shadow; an allowlist -> the Canary/Expand rung with exactly that set (a
-    narrower set such as safeSymbols reads as Canary); no allowlist -> Full, or AutoThreshold
-    when AUTO_THRESHOLD=1.
+    ENFORCE off -> Shadow; an allowlist -> the Canary/Expand rung with exactly that set, else the
+    highest rung whose set it covers (label "Expand 1/2 (+S5)"), else Canary (a narrower set
+    such as safeSymbols); no allowlist -> Full, or AutoThreshold when AUTO_THRESHOLD=1.
     """
     if env.enforce != "1":
         return Phase.SHADOW, None, "Shadow"
@@ -144,4 +144,11 @@ def phase_of_env(
             return step.phase, step.batch, step.label
     if safe_symbols and set(symbols) == set(safe_symbols):
         return Phase.CANARY, None, "Canary (safeSymbols)"
+    # No rung has exactly this set: the highest rung whose allowlist it covers (so the phase
+    # only ever moves down when the set narrows), else Canary.
+    covered = [step for step in ladder if step.allowlist and set(step.allowlist) < set(symbols)]
+    if covered:
+        top = covered[-1]
+        extra = sorted(set(symbols) - set(top.allowlist))
+        return top.phase, top.batch, f"{top.label} (+{','.join(extra)})"
     return Phase.CANARY, None, f"Canary ({len(symbols)} symbols)"
