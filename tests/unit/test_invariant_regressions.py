@@ -166,3 +166,42 @@ def test_two_symbols_dropped_by_hand_never_read_as_a_climb() -> None:
     sim.edit_env(ENFORCE_SYMBOLS, "S1,S2,S4", "kubectl-set")
     sim.tick()
     assert (sim.status.state, sim.status.batch, sim.status.step) == (State.HALTED, 1, "Expand 1/2")
+
+
+def _suspend_then(sim: Sim, *events) -> None:
+    import json
+
+    body = json.loads(json.dumps(sim.body))
+    sim.set_spec({**body, "suspend": True})
+    sim.tick()
+    for event in events:
+        event()
+        sim.tick()
+    sim.set_spec(body)
+    sim.tick()
+
+
+def test_a_request_queued_while_suspended_is_measured_against_a_narrowing_made_meanwhile() -> None:
+    """Found by the explore profile (I3): at Full, suspended, an R1 alert arrives and someone
+    sets ENFORCE=0 by hand. At resume the person's narrowing is read first (kept, Halted), so
+    R1 would not narrow: RollbackSkipped, not an R1 recorded as applied."""
+    sim = world(spec_body(target="Full", canary=("S1", "S2"), batches=(), min_bps=2600))
+    walk_until(sim, "Observing", "Full")
+    _suspend_then(sim, lambda: sim.alert("R1", sim.now), lambda: sim.edit_env(ENFORCE, "0", "kubectl-set"))
+    assert sim.status.state is State.HALTED and sim.status.reason == "EnvChangedOutside"
+    assert sim.status.last_rollback is None and sim.env.get(ENFORCE) == "0"
+    assert "RollbackSkipped" in [h.action for h in sim.status.history[-3:]]
+
+
+def test_a_min_bps_change_made_while_suspended_is_restored_with_the_rollback_in_one_patch() -> None:
+    """Found by the explore profile (I8): at Full, suspended, an R1 annotation and someone moves
+    MIN_BPS off spec.minBps. At resume one patch restores MIN_BPS and applies R1; deciding again
+    after it took effect asks for nothing."""
+    from fillprob_operator.domain.ladder import MIN_BPS
+
+    sim = world(spec_body(target="Full", canary=("S1", "S2"), batches=(), min_bps=2600))
+    walk_until(sim, "Observing", "Full")
+    _suspend_then(sim, lambda: sim.annotate("R1"), lambda: sim.edit_env(MIN_BPS, "1000", "kubectl-set"))
+    assert sim.env.get(MIN_BPS) == "2600" and sim.env.get(ENFORCE) == "0"
+    again = decide_again(sim)
+    assert [a for a in again.actions if isinstance(a, (PatchEnv, RunPreflight))] == []

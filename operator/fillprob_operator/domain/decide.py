@@ -5,12 +5,12 @@ logging. The adapters persist `Decision.status` first (the status is the intent)
 `Decision.actions` in order; nothing to write when `changed` is False.
 
 `decide()` asks the questions in the order a person on call would, each answered by one module:
-1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated)
+1. can I act at all?          lifecycle: the spec, suspend, the Deployment (missing, recreated);
+                              outside: the env as someone else left it (kept or restored)
 2. did someone ask?           outside: annotation and alert rollbacks (narrow or nothing)
 3. is anything wrong now?     guarding: a CB trip or all-blocked symbol on the pods enforcing
                               now, answered before anything moves the restart token
-4. did the spec change?       lifecycle: re-arm on a real change; a lower target at once;
-   did someone else act?      outside: env changed by hand or GitOps
+4. did the spec change?       lifecycle: re-arm on a real change; a lower target at once
 5. may I climb?               phase0 (model changed, preflight reruns), then each state's
                               handler: walking, guarding, rollback
 Then report writes the conditions and the actions.
@@ -103,6 +103,8 @@ def _reconcile(t: Tick) -> None:
             return
         lifecycle.adopt_deployment(t)
     walking.reached(t)
+    # Did someone else change the env? (read first: "narrower" below is measured from it)
+    outside.env_changed(t)
     # 2. Did someone ask for a rollback? 3. Is anything wrong now? Both before anything else
     # moves the restart token: the pods enforcing now are judged first (guarding never waits).
     rolled_back = s.last_rollback
@@ -113,8 +115,6 @@ def _reconcile(t: Tick) -> None:
         s.observed_generation = t.generation
         if new_generation:
             lifecycle.replan(t, changed and not answered)
-    # Did someone else change the env?
-    outside.env_changed(t)
     # 5. The model (preflight reruns), then each state's handler: gates, and may I climb?
     phase0.changed_dirs(t)
     phase0.background(t)
