@@ -7,7 +7,7 @@ API.md / notes/design.md require. Named after the promise it holds the domain to
 from __future__ import annotations
 
 from invariants import ENFORCE, scope_of
-from test_invariants import MODEL_DIR, Sim, spec_body
+from test_invariants import MODEL_DIR, NAME, NAMESPACE, Sim, spec_body
 
 from fillprob_operator.api import State
 from fillprob_operator.domain.actions import PatchEnv, RunPreflight
@@ -34,7 +34,7 @@ def walk_until(sim: Sim, state: str, step: str | None = None, limit: int = 40) -
 
 def decide_again(sim: Sim):
     return decide(sim.spec, sim.status, sim.observations(), sim.now, generation=sim.generation,
-                  name="grinder", namespace="trading")
+                  name=NAME, namespace=NAMESPACE)
 
 
 # --------------------------------------------------------------------------- I8

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
@@ -45,8 +45,8 @@ from fillprob_operator.domain.observations import (
     RollbackRequest,
 )
 
-T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=timezone.utc)
-NAME, NAMESPACE = "grinder", "trading"
+from domain_builders import NAME, NAMESPACE, T0  # noqa: E402 (one clock origin and name for the unit tier)
+
 OPERATOR = "fillprob-operator"
 MODEL_DIR, EVAL_DIR, ARTIFACT_DIR = "GRINDER_FILL_MODEL_DIR", "GRINDER_FILL_PROB_EVAL_DIR", "GRINDER_ARTIFACT_DIR"
 SYMBOLS = ("S1", "S2", "S3", "S4", "S5", "S6")
