@@ -192,13 +192,6 @@ class DomainPort:
         return cls(parse_spec=parse_spec, parse_status=status_from_dict, decide=decide)
 
 
-def selector_problems(raw_spec: Mapping[str, Any]) -> str:
-    """Why `spec.prometheus.selector` can match no series ("" when it can): no data, said plainly."""
-    text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
-    problems = parse_selector(text).problems if text else ()
-    return "; ".join(f"spec.prometheus.selector: {p}" for p in problems)
-
-
 def selector_matcher(raw_spec: Mapping[str, Any], namespace: str) -> Matcher:
     """`spec.prometheus.selector`, or this Deployment's pods in this namespace."""
     text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
@@ -294,7 +287,7 @@ class Reconciler:
             self.gateway.observe(url, interval, now, matches),
             self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
         )
-        if problem := selector_problems(read_spec):
+        if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
         annotation_request = rollback_request_from_annotation(body)
         annotation_value = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
