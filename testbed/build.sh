@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Build (or reuse) what the testbed needs:
-#  - Debian packages: prometheus-alertmanager, openssl, curl, iproute2 (installed when missing)
+# Build (or reuse) what the testbed needs (../shared/TESTBED.md, "What runs"):
+#  - Debian packages: prometheus-alertmanager, openssl, curl, iproute2, jq, iptables, the CNI
+#    plugins (containernetworking-plugins), buildah + debootstrap (images), libseccomp-dev (runc);
 #  - the multi-call Go binary testbed/cluster -> .testbed/cache/bin/cluster, with symlinks
-#    kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd;
+#    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, etcd;
+#  - the node's runtime from testbed/node: containerd 2.x, its runc shim and ctr, and runc 1.5.x
+#    (cgo, -tags seccomp: Debian's runc 1.1 fails under containerd 2.x);
+#  - CoreDNS from testbed/coredns (only the plugins the cluster's Corefile uses);
 #  - Prometheus 2.x from its Go module (testbed/prometheus) -> .testbed/cache/bin/prometheus:
 #    Debian bookworm's `prometheus` package is built without kubernetes_sd_configs;
 #  - helm v3 from its Go module (testbed/helm, version pinned in its go.mod) -> .testbed/cache/bin/helm,
@@ -19,7 +23,9 @@ CLUSTER_SRC="$TB_SRC/cluster"
 PROMETHEUS_SRC="$TB_SRC/prometheus"
 HELM_SRC="$TB_SRC/helm"
 BINARY="$TB_BIN/cluster"
-COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubectl etcd"
+NODE_SRC="$TB_SRC/node"
+COREDNS_SRC="$TB_SRC/coredns"
+COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd"
 
 # ---------------------------------------------------------------- Debian packages
 step_apt() {
@@ -29,6 +35,13 @@ step_apt() {
   command -v curl >/dev/null || missing+=("curl")
   command -v ss >/dev/null || missing+=("iproute2")
   command -v jq >/dev/null || missing+=("jq")  # the Argo CD ignoreDifferences test runs its jq paths
+  command -v iptables >/dev/null || missing+=("iptables")      # kube-proxy, the kubelet's chains
+  [ -x /usr/lib/cni/bridge ] || missing+=("containernetworking-plugins")
+  command -v buildah >/dev/null || missing+=("buildah")        # images, daemonless
+  command -v debootstrap >/dev/null || missing+=("debootstrap") # the local base image
+  [ -e /usr/include/seccomp.h ] || missing+=("libseccomp-dev") # runc -tags seccomp
+  command -v pkg-config >/dev/null || missing+=("pkg-config")
+  command -v gcc >/dev/null || missing+=("gcc" "libc6-dev")   # the pause binary, cgo for runc
   if [ ${#missing[@]} -eq 0 ]; then
     tb_step "Debian packages: present (alertmanager $(prometheus-alertmanager --version 2>&1 | head -1 | awk '{print $3}'), $(openssl version | cut -d' ' -f1-2))"
     return
@@ -102,9 +115,9 @@ check_go() {
   case "$GOVERSION_FOUND" in go1.26*) ;; *) tb_fail "go toolchain" "found $GOVERSION_FOUND, need go1.26.x (GOTOOLCHAIN=local)" "" ;; esac
 }
 
-# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES
+# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES [TAGS]: TAGS given = a cgo build with them.
 build_go() {
-  local label="$1" dir="$2" pkg="$3" out="$4" ld="$5" minutes="$6"
+  local label="$1" dir="$2" pkg="$3" out="$4" ld="$5" minutes="$6" tags="${7:-}"
   local log="$TB_CACHE/logs/go-build-$label.log" modlog="$TB_CACHE/logs/go-mod-download-$label.log"
   if fresh "$out" "$dir"; then
     tb_step "$label: cached ($out is newer than ${dir#"$TB_REPO/"}/go.mod, go.sum)"
@@ -121,7 +134,11 @@ build_go() {
   tb_step "$label: go build $pkg ($GOVERSION_FOUND, $total packages; cold cache: about $minutes min on 2 cores; log: $log)"
   local tmp="$out.tmp.$$" start rc bpid last=-1 n
   start=$(date +%s)
-  (cd "$dir" && exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  if [ -n "$tags" ]; then
+    (cd "$dir" && CGO_ENABLED=1 exec go build -v -trimpath -tags "$tags" -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  else
+    (cd "$dir" && exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  fi
   bpid=$!
   while kill -0 $bpid 2>/dev/null; do
     n=$(grep -c -v -e '^#' -e ': ' "$log" 2>/dev/null || true)
@@ -146,6 +163,17 @@ step_go() {
   # promtool of the same release: the dashboard and rule tests parse PromQL with it.
   build_go promtool "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/promtool "$TB_BIN/promtool" "$(prometheus_ldflags)" 1-2
   build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
+  local cv rv
+  cv=$(go_mod_version "$NODE_SRC" github.com/containerd/containerd/v2)
+  rv=$(go_mod_version "$NODE_SRC" github.com/opencontainers/runc)
+  build_go containerd "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd "$TB_BIN/containerd" \
+    "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 4-6
+  build_go containerd-shim "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    "$TB_BIN/containerd-shim-runc-v2" "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
+  build_go ctr "$NODE_SRC" github.com/containerd/containerd/v2/cmd/ctr "$TB_BIN/ctr" \
+    "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
+  build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
+  build_go coredns "$COREDNS_SRC" . "$TB_BIN/coredns" "-s -w" 2-3
 }
 
 step_links() {
@@ -164,7 +192,11 @@ step_links() {
   hv=$("$TB_BIN/helm" version --short 2>&1) || tb_fail "check binary" "$TB_BIN/helm version failed: $hv" ""
   want=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
   case "$hv" in "$want"*) ;; *) tb_fail "check binary" "helm reports '$hv', expected $want (testbed/helm/go.mod)" "" ;; esac
-  tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}, helm ${hv%%+*}"
+  local cdv rcv
+  cdv=$("$TB_BIN/containerd" --version 2>&1 | awk '{print $3}')
+  rcv=$("$TB_BIN/runc" --version 2>&1 | head -1)
+  "$TB_BIN/runc" --version 2>&1 | grep -q '^libseccomp:' || tb_fail "check binary" "runc was built without seccomp: $rcv" ""
+  tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}, helm ${hv%%+*}, containerd $cdv, $rcv, coredns"
 }
 
 step_apt

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Stop everything testbed/up.sh started, by pid (SIGTERM, grace, SIGKILL), including pod processes the
-# process node left behind; remove .testbed/run, .testbed/env and /tmp/fillprob-testbed; check that no
-# testbed port is still listening. Keeps .testbed/cache (binaries).
+# Stop everything testbed/up.sh started, by pid (SIGTERM, grace, SIGKILL); kill the node's
+# containers through containerd, then whatever is left of them (shims, pod processes); remove the
+# mounts, network namespaces, veths, bridge, iptables chains and cgroups the node made, and
+# .testbed/run, .testbed/env, /tmp/fillprob-testbed. Fails when anything of it is still there.
+# Keeps .testbed/cache (binaries, images, containerd's content store).
 set -uo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=node.sh
+. "$TB_SRC/node.sh"
 
 GRACE="${TESTBED_STOP_GRACE:-10}"
 CLK_TCK=$(getconf CLK_TCK)
@@ -58,25 +62,25 @@ stop() {
 }
 
 stopped=0
+# stop_component NAME: stop it by its pid file, when it runs.
+stop_component() {
+  local f="$TB_PIDS/$1.pid" pid
+  [ -f "$f" ] || return 0
+  if pid=$(pid_from "$f"); then stop "$1" "$pid"; stopped=$((stopped + 1)); else tb_info "$1: not running"; fi
+}
 if [ -d "$TB_PIDS" ]; then
   tb_step "stopping testbed processes (pids in $TB_PIDS)"
-  for c in $(echo "$TB_COMPONENTS" | tr ' ' '\n' | tac); do
-    f="$TB_PIDS/$c.pid"
-    [ -f "$f" ] || continue
-    if pid=$(pid_from "$f"); then stop "$c" "$pid"; stopped=$((stopped + 1)); else tb_info "$c: not running"; fi
-  done
+  # The kubelet first (it would restart containers), then the containers through containerd
+  # while it still runs, then the rest in reverse start order.
+  for c in prometheus alertmanager kubelet kube-proxy; do stop_component "$c"; done
+  node_kill_tasks
+  for c in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
 fi
-
-# Pod processes the node left (it records them under its state dir).
-if [ -d "$TB_RUN/node" ]; then
-  while IFS= read -r f; do
-    if pid=$(pid_from "$f"); then
-      stop "pod process ${f#"$TB_RUN/node/"}" "$pid"
-      stopped=$((stopped + 1))
-    fi
-  done < <(find "$TB_RUN/node" \( -name pid -o -name '*.pid' \) -type f 2>/dev/null)
-fi
-tb_step "stopped $stopped process(es)"
+tb_step "stopped $stopped process(es); cleaning up the node"
+node_kill_leftovers
+node_unmount
+node_network_down
+node_cgroups_clean
 
 rm -rf "$TB_RUN" "$TB_ENV" "$TB_GRINDER"
 tb_step "removed .testbed/run, .testbed/env, $TB_GRINDER (kept .testbed/cache)"
@@ -86,11 +90,13 @@ for p in $TB_PORTS; do
   l=$(ss -Hltnp "sport = :$p" 2>/dev/null)
   [ -n "$l" ] && left+="$l"$'\n'
 done
-# pods bind their own loopback IPs 127.1.x.y
-l=$(ss -Hltnp 2>/dev/null | awk '$4 ~ /^127\.1\./')
-[ -n "$l" ] && left+="$l"$'\n'
 if [ -n "$left" ]; then
   printf '%sstill listening on testbed ports:%s\n%s' "$TB_R" "$TB_N" "$left" >&2
   exit 1
 fi
-tb_step "nothing listens on the testbed ports ($TB_PORTS) nor on pod IPs 127.1.x.y"
+left=$(node_leftovers)
+if [ -n "$left" ]; then
+  printf '%sthe node left:%s\n%s' "$TB_R" "$TB_N" "$left" >&2
+  exit 1
+fi
+tb_step "nothing left: no testbed port listens ($TB_PORTS); no process, mount, bridge, veth, iptables chain or cgroup of the node"

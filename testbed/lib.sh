@@ -24,15 +24,35 @@ TB_ETCD_PEER="127.0.0.1:23800"
 TB_APISERVER="127.0.0.1:6443"
 TB_CM_PORT=10257
 TB_SCHED_PORT=10259
-TB_NODE_LISTEN="127.0.0.1:10250"
-TB_NODE_NAME="procnode"
+TB_NODE_NAME="testbed"
+# The node: pods on the bridge TB_BRIDGE (its address is the node IP: the kubelet refuses a
+# loopback one); Services from TB_SERVICE_CIDR through kube-proxy; cluster DNS at TB_DNS_IP.
+# Traffic stays between this machine and its pod network namespaces: no NAT out, and a
+# FORWARD rule drops anything from the bridge to another interface.
+TB_BRIDGE="fpbr0"
+TB_POD_CIDR="10.88.0.0/16"
+TB_NODE_IP="10.88.0.1"
+TB_SERVICE_CIDR="10.96.0.0/16"
+TB_API_SERVICE_IP="10.96.0.1"
+TB_DNS_IP="10.96.0.10"
+TB_KUBELET_PORT=10250
+TB_KUBELET_HEALTHZ="127.0.0.1:10248"
+TB_PROXY_METRICS="127.0.0.1:10249"
+TB_PROXY_HEALTHZ="127.0.0.1:10256"
+# containerd keeps its content store and snapshots (the imported images) in the cache across
+# down/up; its state (sockets, task bundles, netns mounts) lives in the run dir.
+TB_CONTAINERD_ROOT="$TB_CACHE/containerd"
+TB_CONTAINERD_STATE="$TB_RUN/containerd"
+TB_CONTAINERD_SOCK="$TB_CONTAINERD_STATE/containerd.sock"
+TB_CNI_BIN="/usr/lib/cni"
+TB_IMAGES="$TB_DIR/images"
 TB_PROM="127.0.0.1:19090"
 TB_AM="127.0.0.1:19093"
 TB_DEFAULT_WEBHOOK="http://127.0.0.1:19094/alerts"
-TB_PORTS="23790 23800 6443 10257 10259 10250 19090 19093"
+TB_PORTS="23790 23800 6443 10257 10259 10250 10248 10249 10256 19090 19093"
 
 # Order of start; down stops in reverse.
-TB_COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler procnode alertmanager prometheus"
+TB_COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kube-proxy kubelet alertmanager prometheus"
 
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Start the testbed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (one Go binary),
-# the process node (testbed/procnode), Alertmanager and Prometheus; all on loopback, in the background.
+# a node (containerd + runc, the kubelet, kube-proxy; pods on a bridge: testbed/node.sh) with
+# CoreDNS, Alertmanager and Prometheus; the control plane on loopback, all in the background.
 # State lives in .testbed/run (removed by down.sh); binaries in .testbed/cache (kept).
 # Writes .testbed/env (source it) and prints how to use the testbed.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=node.sh
+. "$TB_SRC/node.sh"
 
 KUBECTL="$TB_BIN/kubectl"
 ADMIN_KUBECONFIG="$TB_RUN/kubeconfig"
@@ -13,7 +16,6 @@ WEBHOOK_URL="${TESTBED_ALERT_WEBHOOK_URL:-$TB_DEFAULT_WEBHOOK}"
 
 curl_api() { curl -sf --max-time 3 --cacert "$TB_PKI/ca.crt" --cert "$TB_PKI/admin.crt" --key "$TB_PKI/admin.key" "https://$TB_APISERVER$1"; }
 api_ready() { [ "$(curl_api /readyz)" = ok ]; }
-has_procnode() { [ -d "$TB_SRC/procnode" ]; }
 
 print_usage() {
   cat <<EOF
@@ -31,7 +33,6 @@ EOF
 if [ -d "$TB_PIDS" ]; then
   all_alive=1
   for c in $TB_COMPONENTS; do
-    [ "$c" = procnode ] && ! has_procnode && continue
     tb_pid_alive "$c" || { all_alive=0; break; }
   done
   if [ $all_alive = 1 ] && api_ready; then
@@ -54,7 +55,9 @@ for p in $TB_PORTS; do
 done
 [ -z "$busy" ] || tb_fail "check ports" "already in use:$busy ($(ss -Hltnp | grep -E ":($(echo $busy | tr ' ' '|'))\b" | head -3 | tr '\n' ';'))" ""
 
-mkdir -p "$TB_PKI" "$TB_PIDS" "$TB_LOGS" "$TB_RUN/etcd" "$TB_RUN/node" \
+ip link show "$TB_BRIDGE" >/dev/null 2>&1 && tb_fail "check network" "the bridge $TB_BRIDGE exists already (make testbed-down removes it)" ""
+
+mkdir -p "$TB_PKI" "$TB_PIDS" "$TB_LOGS" "$TB_RUN/etcd" \
   "$TB_RUN/prometheus/rules" "$TB_RUN/prometheus/data" "$TB_RUN/alertmanager/data" \
   "$TB_RUN/serving/controller-manager" "$TB_RUN/serving/scheduler"
 chmod 700 "$TB_RUN/etcd"
@@ -84,12 +87,14 @@ make_pki() {
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
     -out "$TB_PKI/ca.crt" 2>>"$PKI_LOG"
   new_cert apiserver "/CN=kube-apiserver" serverAuth \
-    "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:$TB_API_SERVICE_IP,IP:$TB_NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   new_cert admin "/O=system:masters/CN=testbed-admin" clientAuth
   new_cert controller-manager "/CN=system:kube-controller-manager" clientAuth
   new_cert scheduler "/CN=system:kube-scheduler" clientAuth
   new_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
-  new_cert node "/O=system:nodes/CN=system:node:$TB_NODE_NAME" serverAuth,clientAuth "IP:127.0.0.1,DNS:localhost,DNS:$TB_NODE_NAME"
+  new_cert node "/O=system:nodes/CN=system:node:$TB_NODE_NAME" clientAuth
+  new_cert kubelet "/CN=$TB_NODE_NAME" serverAuth "IP:$TB_NODE_IP,DNS:$TB_NODE_NAME"
+  new_cert kube-proxy "/CN=system:kube-proxy" clientAuth
   # Front proxy (aggregation layer / requestheader auth), as kubeadm sets it up.
   new_key front-proxy-ca
   openssl req -x509 -new -key "$TB_PKI/front-proxy-ca.key" -subj "/CN=fillprob-testbed-front-proxy-ca" -days 3650 -sha256 \
@@ -100,7 +105,7 @@ make_pki() {
   openssl pkey -in "$TB_PKI/sa.key" -pubout -out "$TB_PKI/sa.pub" 2>>"$PKI_LOG"
   chmod 600 "$TB_PKI"/*.key
 }
-tb_step "PKI: CA, apiserver, admin, controller-manager, scheduler, node, front-proxy, SA keys -> $TB_PKI"
+tb_step "PKI: CA, apiserver, admin, controller-manager, scheduler, node, kubelet, kube-proxy, front-proxy, SA keys -> $TB_PKI"
 make_pki || tb_fail "PKI (openssl)" "openssl failed" "$PKI_LOG"
 
 # write_kubeconfig FILE USER CERT_NAME
@@ -131,6 +136,12 @@ EOF
 write_kubeconfig "$ADMIN_KUBECONFIG" testbed-admin admin
 write_kubeconfig "$TB_RUN/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
 write_kubeconfig "$TB_RUN/scheduler.kubeconfig" system:kube-scheduler scheduler
+write_kubeconfig "$TB_RUN/kubelet.kubeconfig" "system:node:$TB_NODE_NAME" node
+write_kubeconfig "$TB_RUN/kube-proxy.kubeconfig" system:kube-proxy kube-proxy
+
+# ---------------------------------------------------------------- pod network
+tb_step "pod network: bridge $TB_BRIDGE ($TB_NODE_IP, pods in $TB_POD_CIDR), Services $TB_SERVICE_CIDR, nothing forwarded off the bridge"
+node_network_up 2>"$TB_LOGS/network.log" || tb_fail "pod network" "ip/iptables failed (run make testbed-down to clean up)" "$TB_LOGS/network.log"
 
 # ---------------------------------------------------------------- process helpers
 # start NAME EXECUTABLE ARGS...: own session, stdin closed, log and pid file.
@@ -165,12 +176,12 @@ wait_ready etcd 30 healthy etcd_ok
 
 # ---------------------------------------------------------------- kube-apiserver
 tb_step "kube-apiserver on https://$TB_APISERVER"
-# No --kubelet-certificate-authority: the apiserver does not verify the process node's serving cert.
-# --endpoint-reconciler-type none: Endpoints may not hold a loopback IP (the reconciler would fail every
-# 10 s); pods reach the API server through the kubeconfig the process node gives them.
+# Pods reach the API server through the `kubernetes` Service (kube-proxy -> the node IP it
+# advertises): it listens on every address, and FILLPROB-INPUT (node.sh) lets only loopback and
+# the bridge in.
 start kube-apiserver "$TB_BIN/kube-apiserver" \
   --etcd-servers "http://$TB_ETCD_CLIENT" \
-  --bind-address 127.0.0.1 --secure-port 6443 --advertise-address 127.0.0.1 \
+  --bind-address 0.0.0.0 --secure-port "${TB_APISERVER##*:}" --advertise-address "$TB_NODE_IP" \
   --tls-cert-file "$TB_PKI/apiserver.crt" --tls-private-key-file "$TB_PKI/apiserver.key" \
   --client-ca-file "$TB_PKI/ca.crt" \
   --authorization-mode Node,RBAC \
@@ -178,16 +189,16 @@ start kube-apiserver "$TB_BIN/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$TB_PKI/sa.pub" \
   --service-account-signing-key-file "$TB_PKI/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 \
+  --service-cluster-ip-range "$TB_SERVICE_CIDR" \
   --kubelet-preferred-address-types InternalIP \
   --kubelet-client-certificate "$TB_PKI/apiserver-kubelet-client.crt" \
   --kubelet-client-key "$TB_PKI/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority "$TB_PKI/ca.crt" \
   --requestheader-client-ca-file "$TB_PKI/front-proxy-ca.crt" \
   --requestheader-allowed-names front-proxy-client \
   --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
   --requestheader-extra-headers-prefix X-Remote-Extra- \
   --proxy-client-cert-file "$TB_PKI/front-proxy-client.crt" --proxy-client-key-file "$TB_PKI/front-proxy-client.key" \
-  --endpoint-reconciler-type none \
   --allow-privileged=true \
   --profiling=false
 wait_ready kube-apiserver 120 "ready (/readyz)" api_ready
@@ -220,6 +231,9 @@ wait_ready kube-controller-manager 60 "creating ServiceAccount default/default" 
 # ---------------------------------------------------------------- example grinder data
 tb_step "grinder data dirs in $TB_GRINDER/grinder"
 mkdir -p "$TB_GRINDER/grinder/model" "$TB_GRINDER/grinder/eval" "$TB_GRINDER/grinder/artifacts"
+# The simulator runs as a non-root user (its image's USER): it reads the model and eval dirs and
+# writes its artifacts; tests add their own dirs under grinder/ (one hostPath in the example).
+chmod 1777 "$TB_GRINDER/grinder" "$TB_GRINDER/grinder/artifacts"
 cat >"$TB_GRINDER/grinder/model/manifest.json" <<'EOF'
 {"kind": "fill_prob_model", "model_version": "testbed-1", "created_at": "2026-01-01T00:00:00Z", "files": ["model.json"]}
 EOF
@@ -233,22 +247,37 @@ cat >"$TB_GRINDER/grinder/eval/manifest.json" <<'EOF'
 {"kind": "fill_prob_eval", "model_version": "testbed-1", "created_at": "2026-01-01T00:00:00Z", "files": ["eval_report.json"]}
 EOF
 
-# ---------------------------------------------------------------- process node
-if has_procnode; then
-  tb_step "process node '$TB_NODE_NAME' (kubelet endpoint https://$TB_NODE_LISTEN)"
-  [ -x "$TB_REPO/.venv/bin/python" ] || tb_fail "start procnode" "$TB_REPO/.venv/bin/python missing: run make venv" ""
-  (cd "$TB_REPO" && export PYTHONPATH="$TB_SRC${PYTHONPATH:+:$PYTHONPATH}" && start procnode \
-    "$TB_REPO/.venv/bin/python" -m procnode --kubeconfig "$ADMIN_KUBECONFIG" --state-dir "$TB_RUN/node" \
-    --images "$TB_SRC/images.json" --repo-root "$TB_REPO" --node-name "$TB_NODE_NAME" \
-    --listen "$TB_NODE_LISTEN" --cert "$TB_PKI/node.crt" --key "$TB_PKI/node.key")
-  node_ready() {
-    [ "$("$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" get node "$TB_NODE_NAME" \
-      -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
-  }
-  wait_ready procnode 60 "Ready" node_ready
-else
-  tb_warn "testbed/procnode does not exist yet: no node, pods stay Pending (control plane only)"
-fi
+# ---------------------------------------------------------------- the node
+tb_step "containerd ($("$TB_BIN/containerd" --version | awk '{print $3}'), $("$TB_BIN/runc" --version | head -1)) on $TB_CONTAINERD_SOCK"
+node_containerd_config
+start containerd "$TB_BIN/containerd" --config "$TB_NODE_DIR/containerd.toml" --log-level warn
+containerd_ok() { "$TB_BIN/ctr" --address "$TB_CONTAINERD_SOCK" --timeout 2s version; }
+wait_ready containerd 30 "serving (ctr version)" containerd_ok
+
+tb_step "images: build what changed (testbed/images.sh), import what containerd lacks"
+bash "$TB_SRC/images.sh" build || tb_fail "images" "testbed/images.sh build failed (see above)" ""
+bash "$TB_SRC/images.sh" import "$TB_CONTAINERD_SOCK" || tb_fail "images" "import into containerd failed (see above)" ""
+
+tb_step "kube-proxy (iptables) and the kubelet: node '$TB_NODE_NAME' at https://$TB_NODE_IP:$TB_KUBELET_PORT"
+node_kubelet_config
+start kube-proxy "$TB_BIN/kube-proxy" --config "$TB_NODE_DIR/kube-proxy.yaml"
+start kubelet "$TB_BIN/kubelet" --config "$TB_NODE_DIR/kubelet.yaml" \
+  --kubeconfig "$TB_RUN/kubelet.kubeconfig" --hostname-override "$TB_NODE_NAME" --node-ip "$TB_NODE_IP" \
+  --root-dir "$TB_KUBELET_ROOT" --cert-dir "$TB_NODE_DIR/kubelet-pki"
+node_ready() {
+  [ "$("$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" get node "$TB_NODE_NAME" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+wait_ready kubelet 90 "node Ready" node_ready
+wait_ready kube-proxy 30 "healthy (/healthz)" curl -sf --max-time 2 "http://$TB_PROXY_HEALTHZ/healthz"
+
+tb_step "CoreDNS (kube-system/coredns, Service kube-dns $TB_DNS_IP)"
+sed -e "s|@DNS_IP@|$TB_DNS_IP|g" "$TB_SRC/manifests/coredns.yaml" |
+  "$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" apply -f - >"$TB_LOGS/coredns-apply.log" 2>&1 ||
+  tb_fail "CoreDNS" "kubectl apply failed" "$TB_LOGS/coredns-apply.log"
+# Ready = a query from this machine through the Service (kube-proxy) gets an answer from CoreDNS.
+dns_ok() { python3 "$TB_SRC/dnsquery.py" "$TB_DNS_IP" kubernetes.default.svc.cluster.local | grep -qx "$TB_API_SERVICE_IP"; }
+wait_ready kubelet 90 "answering DNS (kubernetes.default.svc -> $TB_API_SERVICE_IP)" dns_ok
 
 # ---------------------------------------------------------------- Alertmanager, Prometheus
 tb_step "Alertmanager on http://$TB_AM (webhook receiver: $WEBHOOK_URL)"

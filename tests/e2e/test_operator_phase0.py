@@ -69,8 +69,9 @@ def jobs(env) -> list[str]:
 
 @pytest.fixture
 def data_dir(grinder_env):
-    """A scratch dir under /tmp/fillprob-testbed/ for this test's model/eval variants."""
-    path = TESTBED_DATA / f"e2e-{grinder_env.namespace}"
+    """A scratch dir for this test's model/eval variants, under the dir the example grinder
+    Deployment mounts from the node (hostPath /tmp/fillprob-testbed/grinder)."""
+    path = TESTBED_DATA / "grinder" / f"e2e-{grinder_env.namespace}"
     path.mkdir(parents=True, exist_ok=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -203,8 +203,10 @@ def test_operator_pod_is_hardened(default_docs, namespaced_docs):
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
         assert set(container["resources"]) == {"requests", "limits"}
-        assert container["image"] == "fillprob-operator:local"
-        assert container["command"] == ["python3", "-m", "fillprob_operator"]
+        # The image's own ENTRYPOINT (python -m fillprob_operator) runs; tag = the appVersion.
+        app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        assert container["image"] == f"fillprob-operator:{app_version}"
+        assert "command" not in container
 
 
 def test_operator_env_probes_and_ports(default_docs):
