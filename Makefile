@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export GOTOOLCHAIN := local
 
-.PHONY: help venv test test-unit test-integration test-e2e lint-imports testbed-build testbed-up testbed-down run demo chart-crds
+.PHONY: help venv test test-unit test-integration test-e2e lint-imports testbed-build testbed-up testbed-down images run demo chart-crds
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -44,10 +44,19 @@ test: venv lint-imports testbed-build ## unit, integration and e2e tiers (builds
 testbed-build: ## build the testbed's binaries into .testbed/cache (first time: minutes)
 	./testbed/build.sh
 
+# The images the testbed's node runs, built here (no registry): OCI archives in .testbed/images,
+# rebuilt only when their inputs change; imported into the testbed's containerd when it runs
+# (testbed-up imports them too). The same archives load into kind: kind load image-archive FILE.
+images: ## build the operator, simulator, pause and CoreDNS images (buildah) and import them
+	./testbed/images.sh build
+	@if [ -S .testbed/run/containerd/containerd.sock ]; then \
+	  ./testbed/images.sh import .testbed/run/containerd/containerd.sock; \
+	else echo "images: the testbed is not up; make testbed-up imports them"; fi
+
 testbed-up: venv ## start the local cluster, Prometheus and Alertmanager
 	./testbed/up.sh
 
-testbed-down: ## stop everything the testbed started
+testbed-down: ## stop everything the testbed started and remove what its node made
 	./testbed/down.sh
 
 # FILLPROB_NAMESPACES=a,b watches those namespaces, else all. Without KUBECONFIG set, the

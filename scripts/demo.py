@@ -4,7 +4,9 @@
 Run by `make demo` after `make venv testbed-build testbed-up`. It:
   1. cleans the demo namespace (grinder-demo) so a re-run starts from scratch;
   2. installs the operator with `helm upgrade --install` (charts/fillprob-operator, namespace
-     fillprob-system, image fillprob-operator:local, watching grinder-demo only); if helm cannot,
+     fillprob-system, the chart's defaults: image fillprob-operator:<appVersion> built by
+     `make images`, Prometheus through the Service monitoring/prometheus-operated, the webhook
+     token from a Secret volume; watching grinder-demo only); if helm cannot,
      it runs `python -m fillprob_operator` in the background instead and says so;
   3. deploys examples/grinder-deployment.yaml and examples/fillprobrollout.yaml (windows DEMO_WINDOW,
      default 15s) in grinder-demo;
@@ -187,7 +189,7 @@ def clean(k: Cluster) -> None:
 
 def install_operator(k: Cluster) -> str:
     """helm upgrade --install; fallback: a background process. Returns the metrics URL."""
-    stage(f"2/6 operator: helm upgrade --install {RELEASE} -n {OP_NS} (image fillprob-operator:local, "
+    stage(f"2/6 operator: helm upgrade --install {RELEASE} -n {OP_NS} (the chart's defaults, "
           f"watching {NS})")
     # (DEMO_NO_HELM=1 shows the fallback below)
     stop_fallback()
@@ -196,12 +198,7 @@ def install_operator(k: Cluster) -> str:
         existed = run(["helm", "status", RELEASE, "-n", OP_NS], check=False, quiet=True).returncode == 0
         proc = run([
             "helm", "upgrade", "--install", RELEASE, "charts/fillprob-operator", "-n", OP_NS, "--create-namespace",
-            "--set", "image.repository=fillprob-operator", "--set", "image.tag=local",
             "--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{NS}}}",
-            "--set", f"prometheus.url={os.environ['PROMETHEUS_URL']}",
-            # the testbed's node passes Secrets as env but does not mount Secret volumes
-            "--set", "webhook.tokenFrom=env",
-            "--set", "probes.liveness.initialDelaySeconds=30",
             "--wait", "--timeout", "3m",
         ], check=False)
         if proc.returncode == 0:

@@ -115,7 +115,8 @@ check_go() {
   case "$GOVERSION_FOUND" in go1.26*) ;; *) tb_fail "go toolchain" "found $GOVERSION_FOUND, need go1.26.x (GOTOOLCHAIN=local)" "" ;; esac
 }
 
-# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES [TAGS]: TAGS given = a cgo build with them.
+# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES [TAGS]: TAGS given = a cgo build with
+# them; TAGS "static" = CGO_ENABLED=0 (a binary for a FROM scratch image).
 build_go() {
   local label="$1" dir="$2" pkg="$3" out="$4" ld="$5" minutes="$6" tags="${7:-}"
   local log="$TB_CACHE/logs/go-build-$label.log" modlog="$TB_CACHE/logs/go-mod-download-$label.log"
@@ -134,7 +135,9 @@ build_go() {
   tb_step "$label: go build $pkg ($GOVERSION_FOUND, $total packages; cold cache: about $minutes min on 2 cores; log: $log)"
   local tmp="$out.tmp.$$" start rc bpid last=-1 n
   start=$(date +%s)
-  if [ -n "$tags" ]; then
+  if [ "$tags" = static ]; then
+    (cd "$dir" && CGO_ENABLED=0 exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  elif [ -n "$tags" ]; then
     (cd "$dir" && CGO_ENABLED=1 exec go build -v -trimpath -tags "$tags" -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
   else
     (cd "$dir" && exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
@@ -173,7 +176,7 @@ step_go() {
   build_go ctr "$NODE_SRC" github.com/containerd/containerd/v2/cmd/ctr "$TB_BIN/ctr" \
     "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
   build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
-  build_go coredns "$COREDNS_SRC" . "$TB_BIN/coredns" "-s -w" 2-3
+  build_go coredns "$COREDNS_SRC" . "$TB_BIN/coredns" "-s -w" 2-3 static
 }
 
 step_links() {

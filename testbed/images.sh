@@ -89,8 +89,8 @@ run_logged() {
   "$@" >"$log" 2>&1 &
   pid=$!
   while kill -0 $pid 2>/dev/null; do
-    sleep 10 & wait $! 2>/dev/null || true
-    kill -0 $pid 2>/dev/null || break
+    sleep 1 & wait $! 2>/dev/null || true
+    [ $(( ($(date +%s) - start) % 10 )) -eq 0 ] && kill -0 $pid 2>/dev/null || continue
     line=$(grep -E "$pattern" "$log" 2>/dev/null | tail -n 1 | cut -c1-120 || true)
     if [ -n "$line" ] && [ "$line" != "$last" ]; then
       tb_info "[$label] $(( $(date +%s) - start ))s: $line"
@@ -116,7 +116,7 @@ inputs_hash() {
 }
 
 # image_id REF: the id of REF in the testbed's storage, empty when absent.
-image_id() { { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null || true; } | head -1; }
+image_id() { { bah images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null || true; } | head -1 | sed 's/^sha256://'; }
 
 # ---------------------------------------------------------------- base image
 # debian_mirror: the Debian mirror this machine's apt uses for $TB_BASE_SUITE (deb822 .sources
@@ -311,8 +311,12 @@ build_image() {
   tb_step "$name: buildah bud -f ${dockerfile#"$TB_REPO/"} ${context#"$TB_REPO/"} -> $ref (log: $log)"
   start=$(date +%s)
   run_logged "$name" "$log" '^(STEP|\[[0-9]+/[0-9]+\] STEP|Collecting|Processing|Installing|Successfully)' \
-    bah bud --isolation chroot --pull never --format oci --force-rm -f "$dockerfile" -t "$ref" "$@" "$context" ||
+    bah bud --isolation chroot --pull=never --format oci -f "$dockerfile" -t "$ref" "$@" "$context" || {
+    # A failed build leaves its working containers (full copies, with vfs); the storage is
+    # the testbed's own, so every container in it is a leftover.
+    bah rm --all >/dev/null 2>&1 || true
     tb_fail "$name: buildah bud" "the build failed after $(( $(date +%s) - start ))s" "$log"
+  }
   id=$(image_id "$ref")
 
   rm -f "$archive" "$meta"

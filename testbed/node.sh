@@ -12,7 +12,6 @@ TB_SYSCTL_SAVED="$TB_NODE_DIR/sysctl.saved"
 # Chains this testbed adds (FILLPROB-*) or makes others add (the kubelet's KUBE-FIREWALL,
 # KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT; kube-proxy's KUBE-*; the CNI portmap's CNI-*).
 TB_CHAINS_RE='^(KUBE-|CNI-|FILLPROB-)'
-TB_PAUSE_IMAGE="localhost/testbed/pause:3.10"
 
 # ---------------------------------------------------------------- network
 # node_network_up: the bridge with the node IP, a route to the Service range through it (so
@@ -28,8 +27,8 @@ node_network_up() {
   ip route add "$TB_SERVICE_CIDR" dev "$TB_BRIDGE" src "$TB_NODE_IP"
   sysctl -qw net.ipv4.ip_forward=1
   # Pods see only this machine and each other: nothing forwarded between the bridge and any
-  # other interface. The API server listens on every address (pods reach it through the
-  # `kubernetes` Service): only loopback and the bridge may open a connection to it.
+  # other interface. The API server, Prometheus and Alertmanager listen on every address (pods
+  # reach them through Services): only loopback and the bridge may open a connection to them.
   iptables -N FILLPROB-FORWARD
   iptables -A FILLPROB-FORWARD -i "$TB_BRIDGE" -o "$TB_BRIDGE" -j RETURN
   iptables -A FILLPROB-FORWARD -i "$TB_BRIDGE" -j DROP
@@ -38,7 +37,7 @@ node_network_up() {
   iptables -N FILLPROB-INPUT
   iptables -A FILLPROB-INPUT -i lo -j RETURN
   iptables -A FILLPROB-INPUT -i "$TB_BRIDGE" -j RETURN
-  iptables -A FILLPROB-INPUT -p tcp -m multiport --dports "${TB_APISERVER##*:},$TB_KUBELET_PORT" -j DROP
+  iptables -A FILLPROB-INPUT -p tcp -m multiport --dports "${TB_APISERVER##*:},$TB_KUBELET_PORT,${TB_PROM##*:},${TB_AM##*:}" -j DROP
   iptables -I INPUT 1 -j FILLPROB-INPUT
   cat >"$TB_CNI_CONF/10-testbed.conflist" <<EOF
 {
@@ -82,8 +81,8 @@ state = "$TB_CONTAINERD_STATE"
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      # No registry is reachable: the pause image is built here (testbed/images.sh).
-      sandbox = '$TB_PAUSE_IMAGE'
+      # No registry is reachable: the pause image is built here (TB_IMG_PAUSE, testbed/images.sh).
+      sandbox = '$TB_IMG_PAUSE'
 
   [plugins.'io.containerd.cri.v1.runtime']
     # These machines refuse a negative oom_score_adj (the sandbox asks for -998).
@@ -201,13 +200,15 @@ node_kill_tasks() {
   tb_info "containerd: killed $n task(s), deleted the containers"
 }
 
-# node_pids: processes of ours still alive: our binaries (the runc shims outlive containerd by
-# design) and anything in the kubelet's pod cgroups.
+# node_pids: processes of ours still alive: our binaries started for this run dir (the runc
+# shims outlive containerd by design; another containerd of the same binary is not ours) and
+# anything in the kubelet's pod cgroups.
 node_pids() {
   local p exe
   for p in /proc/[0-9]*; do
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
-    case "$exe" in "$TB_BIN"/*) echo "${p#/proc/}" ;; esac
+    case "$exe" in "$TB_BIN"/*) ;; *) continue ;; esac
+    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$TB_RUN" && echo "${p#/proc/}"
   done
   cat /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
     /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs 2>/dev/null

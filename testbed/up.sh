@@ -9,6 +9,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=node.sh
 . "$TB_SRC/node.sh"
+# shellcheck source=images.sh
+. "$TB_SRC/images.sh"  # the image refs (TB_IMG_*), tb_images_build, tb_images_import
 
 KUBECTL="$TB_BIN/kubectl"
 ADMIN_KUBECONFIG="$TB_RUN/kubeconfig"
@@ -255,8 +257,8 @@ containerd_ok() { "$TB_BIN/ctr" --address "$TB_CONTAINERD_SOCK" --timeout 2s ver
 wait_ready containerd 30 "serving (ctr version)" containerd_ok
 
 tb_step "images: build what changed (testbed/images.sh), import what containerd lacks"
-bash "$TB_SRC/images.sh" build || tb_fail "images" "testbed/images.sh build failed (see above)" ""
-bash "$TB_SRC/images.sh" import "$TB_CONTAINERD_SOCK" || tb_fail "images" "import into containerd failed (see above)" ""
+tb_images_build
+tb_images_import "$TB_CONTAINERD_SOCK"
 
 tb_step "kube-proxy (iptables) and the kubelet: node '$TB_NODE_NAME' at https://$TB_NODE_IP:$TB_KUBELET_PORT"
 node_kubelet_config
@@ -272,7 +274,7 @@ wait_ready kubelet 90 "node Ready" node_ready
 wait_ready kube-proxy 30 "healthy (/healthz)" curl -sf --max-time 2 "http://$TB_PROXY_HEALTHZ/healthz"
 
 tb_step "CoreDNS (kube-system/coredns, Service kube-dns $TB_DNS_IP)"
-sed -e "s|@DNS_IP@|$TB_DNS_IP|g" "$TB_SRC/manifests/coredns.yaml" |
+sed -e "s|@DNS_IP@|$TB_DNS_IP|g" -e "s|@IMAGE@|$TB_IMG_COREDNS|g" "$TB_SRC/manifests/coredns.yaml" |
   "$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" apply -f - >"$TB_LOGS/coredns-apply.log" 2>&1 ||
   tb_fail "CoreDNS" "kubectl apply failed" "$TB_LOGS/coredns-apply.log"
 # Ready = a query from this machine through the Service (kube-proxy) gets an answer from CoreDNS.
@@ -285,9 +287,11 @@ sed -e "s|@WEBHOOK_URL@|$WEBHOOK_URL|g" "$TB_SRC/alertmanager.yml.tmpl" >"$TB_RU
 start alertmanager prometheus-alertmanager \
   --config.file "$TB_RUN/alertmanager/alertmanager.yml" \
   --storage.path "$TB_RUN/alertmanager/data" \
-  --web.listen-address "$TB_AM" --cluster.listen-address=
+  --web.listen-address "0.0.0.0:${TB_AM##*:}" --cluster.listen-address=
 wait_ready alertmanager 30 "ready (/-/ready)" curl -sf --max-time 2 "http://$TB_AM/-/ready"
 
+# Both listen on every address so pods reach them through the Services in `monitoring`
+# (manifests/monitoring.yaml); FILLPROB-INPUT lets in only loopback and the bridge.
 # --rules.alert.resend-delay 1s: after a /-/reload the notifier has no Alertmanager for up to 5 s (discovery
 # throttle); an alert first fired in that window is dropped and, by default, re-sent only a minute later.
 tb_step "Prometheus on http://$TB_PROM (pods discovered via the API server, scrape/eval every 1s)"
@@ -296,9 +300,15 @@ sed -e "s|@RUN@|$TB_RUN|g" -e "s|@PKI@|$TB_PKI|g" -e "s|@APISERVER@|$TB_APISERVE
 start prometheus "$TB_BIN/prometheus" \
   --config.file "$TB_RUN/prometheus/prometheus.yml" \
   --storage.tsdb.path "$TB_RUN/prometheus/data" --storage.tsdb.retention.time 1d \
-  --web.listen-address "$TB_PROM" --web.enable-lifecycle \
+  --web.listen-address "0.0.0.0:${TB_PROM##*:}" --web.enable-lifecycle \
   --rules.alert.resend-delay 1s
 wait_ready prometheus 30 "ready (/-/ready)" curl -sf --max-time 2 "http://$TB_PROM/-/ready"
+
+# The names kube-prometheus-stack gives them (the chart's default prometheus.url), for pods.
+tb_step "Services monitoring/prometheus-operated and alertmanager-operated -> $TB_NODE_IP:${TB_PROM##*:}, :${TB_AM##*:}"
+sed -e "s|@NODE_IP@|$TB_NODE_IP|g" -e "s|@PROM_PORT@|${TB_PROM##*:}|g" -e "s|@AM_PORT@|${TB_AM##*:}|g" \
+  "$TB_SRC/manifests/monitoring.yaml" | "$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" apply -f - >"$TB_LOGS/monitoring-apply.log" 2>&1 ||
+  tb_fail "monitoring Services" "kubectl apply failed" "$TB_LOGS/monitoring-apply.log"
 
 # ---------------------------------------------------------------- env file
 cat >"$TB_ENV" <<EOF

@@ -3,32 +3,28 @@ test_alert_rollback.py).
 
 `ChartRelease` installs charts/fillprob-operator with `helm` into a fresh operator namespace,
 namespaced mode, watching one fresh grinder namespace (plus an "other" namespace it must not
-touch). The chart's pod runs `python3 -m fillprob_operator` on the process node under the
-chart's ServiceAccount: its KUBECONFIG is built from that ServiceAccount's token, so whatever
-it manages to do, the chart's RBAC allowed.
-
-Testbed-specific values: the process node materializes no Secret volumes, so the webhook token
-reaches the pod as an env var (`webhook.tokenFrom=env`, a secretKeyRef the node fills in);
-Prometheus is the testbed's (http://127.0.0.1:19090 or $PROMETHEUS_URL).
+touch). Everything else is the chart's defaults, as a user's `helm install` renders them: the
+image `fillprob-operator:<appVersion>` (its ENTRYPOINT), the webhook token mounted from a
+Secret, the restricted securityContext, Prometheus at the default
+http://prometheus-operated.monitoring.svc:9090 (on the testbed a Service in front of the
+testbed's Prometheus: testbed/manifests/monitoring.yaml). The pod runs under the chart's
+ServiceAccount, in-cluster, so whatever it manages to do, the chart's RBAC allowed.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from kubernetes import client
 from support import GROUP, PLURAL, REPO_ROOT, VERSION, Env, wait_for
 
 CHART = REPO_ROOT / "charts" / "fillprob-operator"
 TESTBED_BIN = REPO_ROOT / ".testbed" / "cache" / "bin"
-NODE_STATE = REPO_ROOT / ".testbed" / "run" / "node"
 
 
 def tool(name: str) -> str:
@@ -66,17 +62,12 @@ class ChartRelease:
     def install(self, *extra_set: str) -> "ChartRelease":
         for ns in (self.namespace, self.watched, self.other):
             self.core.create_namespace({"metadata": {"name": ns}})
-        prometheus = os.environ.get("PROMETHEUS_URL", "http://127.0.0.1:19090")
         started = time.monotonic()
         out = run(
             tool("helm"), "install", self.release, str(CHART),
             "--namespace", self.namespace,
-            "--set", "image.repository=fillprob-operator", "--set", "image.tag=local",
             "--set", "rbac.scope=namespaced",
             "--set", f"watchNamespaces={{{self.watched}}}",
-            # The process node has no Secret volumes: the token comes as a secretKeyRef env var.
-            "--set", "webhook.tokenFrom=env",
-            "--set", f"prometheus.url={prometheus}",
             "--set", "terminationGracePeriodSeconds=10",
             *[a for s in extra_set for a in ("--set", s)],
             "--wait", "--timeout", "180s",
@@ -173,18 +164,33 @@ class ChartRelease:
         return base64.b64decode(secret.data["token"]).decode()
 
     def webhook_url(self) -> str:
-        return f"http://{self.pod().status.pod_ip}:8082/alertmanager"
+        """The webhook through the release's Service (its ClusterIP: this machine reaches the
+        Service range through kube-proxy, as Alertmanager in a cluster reaches the DNS name)."""
+        service = self.core.read_namespaced_service(self.fullname, self.namespace)
+        port = next(p.port for p in service.spec.ports if p.name == "webhook")
+        return f"http://{service.spec.cluster_ip}:{port}/alertmanager"
 
-    def process_kubeconfig(self) -> Path | None:
-        """The KUBECONFIG the operator process runs with (local testbed only: read from /proc)."""
+    def exec(self, *command: str) -> str:
+        """Run a command in the operator's container (kubectl exec, through the kubelet)."""
         pod = self.pod()
-        pid_file = NODE_STATE / "pods" / pod.metadata.uid / "operator.pid"
-        if not pid_file.is_file():
-            return None
-        pid = int(pid_file.read_text().strip())
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        values = dict(e.decode(errors="replace").partition("=")[::2] for e in environ if b"=" in e)
-        return Path(values["KUBECONFIG"]) if values.get("KUBECONFIG") else None
+        proc = run(tool("kubectl"), "exec", "-n", self.namespace, pod.metadata.name, "-c", "operator", "--",
+                   *command)
+        return proc.stdout
+
+    def serviceaccount_token(self) -> str:
+        """The token the operator's process authenticates with, read inside its container."""
+        return self.exec("python3", "-c",
+                         "print(open('/var/run/secrets/kubernetes.io/serviceaccount/token').read())").strip()
+
+    def whoami(self, token: str) -> str:
+        """Who the API server says `token` is (a SelfSubjectReview sent with that token only)."""
+        config = client.Configuration()
+        base = self.api.configuration
+        config.host, config.ssl_ca_cert = base.host, base.ssl_ca_cert
+        config.api_key = {"authorization": f"Bearer {token}"}
+        with client.ApiClient(config) as api:
+            review = client.AuthenticationV1Api(api).create_self_subject_review({})
+        return review.status.user_info.username
 
     def sa_user(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.fullname}"

@@ -36,8 +36,6 @@ SERIAL_FIXTURES = {
     "webhook": "points the testbed's Alertmanager at its own receiver (config rewritten, reloaded)",
 }
 SERIAL_FILES = {
-    "test_testbed_node.py": "measures the shared process node itself (grace periods, back-off, probe "
-                            "restarts, lease heartbeat): next to other tests it would measure their load",
     "test_crd_upgrade.py": "swaps the cluster-scoped FillProbRollout CRD (the previous version, then the "
                            "chart's upgrade) that every other test's rollouts use; restores it at the end",
     "test_kube_prometheus_stack.py": "installs prometheus-operator's CRDs (cluster-scoped, every namespace "

@@ -63,7 +63,7 @@ DETECT = INTERVAL + 9
 WALK = 150  # seconds allowed to walk up to the step under test
 
 CANARY_ENV = {ENFORCE: "1", SYMBOLS: "SYM1,SYM2", AUTO: "0", MIN_BPS: "2500"}
-NODE_STATE_DIR = REPO_ROOT / ".testbed" / "run" / "node"  # procnode --state-dir (testbed/up.sh)
+POD_LOGS_DIR = REPO_ROOT / ".testbed" / "run" / "node" / "pod-logs"  # the kubelet's podLogsDir (testbed/node.sh)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -487,11 +487,11 @@ def test_deployment_deleted_and_recreated_pauses_then_redoes_the_rung(grinder_en
 
 
 class LogHider:
-    """Makes the log of matching pods unreadable on the testbed's process node: the container
-    log file (procnode state dir, pods/<uid>/<container>.log) is moved aside and a directory
-    put in its place, so the kubelet's containerLogs fails (the API server answers an error,
-    not "container waiting"). The container keeps writing to the moved file; `restore()` puts
-    it back, with everything logged meanwhile."""
+    """Makes the log of matching pods unreadable on the testbed's node: the container's log file
+    (the kubelet's podLogsDir, <ns>_<pod>_<uid>/<container>/<restarts>.log) is moved aside and a
+    directory put in its place, so the kubelet's containerLogs fails (the API server answers an
+    error, not "container waiting"). containerd keeps writing to the moved file; `restore()`
+    puts it back, with everything logged meanwhile."""
 
     def __init__(self, env: Env, wanted: Callable[[client.V1Pod], bool], container: str = "grinder"):
         self.env, self.wanted, self.container = env, wanted, container
@@ -514,8 +514,9 @@ class LogHider:
                     uid = pod.metadata.uid
                     if uid in self.hidden or not self.wanted(pod):
                         continue
-                    path = NODE_STATE_DIR / "pods" / uid / f"{self.container}.log"
-                    if path.is_file():
+                    logs = sorted(POD_LOGS_DIR.glob(f"*_{uid}/{self.container}/*.log"))
+                    path = logs[-1] if logs else None
+                    if path is not None and path.is_file():
                         os.rename(path, path.with_name(path.name + ".hidden"))
                         path.mkdir()
                         self.hidden[uid] = path
@@ -543,8 +544,8 @@ def test_unreadable_pod_log_is_missing_data_not_a_rollback(grinder_env):
     MetricsAvailable=False), no rollback, no RestartTimedOut though progressDeadline (20s)
     passes; once the logs read again, Canary is verified and observed."""
     env = grinder_env
-    if not (NODE_STATE_DIR / "pods").is_dir():
-        pytest.fail(f"{NODE_STATE_DIR}/pods missing: this test needs the local testbed's process node")
+    if not POD_LOGS_DIR.is_dir():
+        pytest.fail(f"{POD_LOGS_DIR} missing: this test needs the local testbed's node (its pod log files)")
     start(env, spec("Canary", observation={"shadow": "6s", "canary": HOLD}, progressDeadline="20s"))
     observing(env, "Shadow")
 

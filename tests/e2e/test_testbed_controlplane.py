@@ -19,6 +19,7 @@ from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.e2e
 
+NODE = "testbed"  # testbed/lib.sh TB_NODE_NAME
 T = TypeVar("T")
 
 
@@ -141,10 +142,10 @@ def test_job_controller_creates_pod(k8s_api, namespace):
     assert pods[0].metadata.owner_references[0].kind == "Job"
 
 
-def test_scheduler_binds_pod_to_process_node(k8s_api, namespace):
+def test_scheduler_binds_pod_to_the_node(k8s_api, namespace):
     core = client.CoreV1Api(k8s_api)
     nodes = [n.metadata.name for n in core.list_node().items]
-    assert "procnode" in nodes, f"no process node registered (nodes: {nodes}); is testbed/procnode running?"
+    assert NODE in nodes, f"no node {NODE!r} registered (nodes: {nodes}); is the testbed's kubelet running (make testbed-up)?"
     core.create_namespaced_pod(
         namespace,
         client.V1Pod(
@@ -160,7 +161,7 @@ def test_scheduler_binds_pod_to_process_node(k8s_api, namespace):
         lambda: (p := core.read_namespaced_pod("sched-check", namespace)).spec.node_name and p,
         timeout=30,
     )
-    assert pod.spec.node_name == "procnode"
+    assert pod.spec.node_name == NODE
 
 
 def test_serviceaccount_token_outside_its_role_gets_403(k8s_api, namespace):

@@ -1,60 +1,50 @@
-"""The process node (testbed/procnode) against the real control plane: pods run as local processes.
+"""The testbed's node is a real one: the kubelet on containerd and runc, pods on the bridge,
+Services through kube-proxy, cluster DNS from CoreDNS (testbed/node.sh, testbed/up.sh).
 
-These tests look at the processes themselves (pids, signals, files), so they need the local
-testbed's node `procnode`, not any cluster.
+Each test shows one thing a workload meets first on a real cluster: the image's ENTRYPOINT and
+a restricted securityContext enforced, Secret volumes, exec and logs, rolling pods on an env
+change, DNS and Services from inside a pod, port-forward, restarts, probes and grace periods,
+and no way out of the machine. They talk to the node only as a user would (the API, kubectl,
+the pod IPs this machine routes to), so they hold for any node named `testbed`.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
-import os
+import socket
+import ssl
 import subprocess
 import textwrap
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import TypeVar
+from datetime import datetime, timezone
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from support import EXAMPLES, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
-NODE = "procnode"
-T = TypeVar("T")
+NODE = "testbed"
+NODE_IP = "10.88.0.1"
+POD_CIDR = ipaddress.ip_network("10.88.0.0/16")
+KUBELET_PORT = 10250
+IMAGE = "grinder-sim:local"
+# PID 1 of a container ignores a signal it has no handler for: exit on SIGTERM like a real server.
+IDLE = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(86400)"
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.3) -> T:
-    """Poll probe until it returns something truthy; fail with `what` (and the last error) at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - reported at the deadline
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
-        time.sleep(interval)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        return not Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z")
-    except FileNotFoundError:
-        return False
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (loopback pod IPs)
-        return json.loads(resp.read())
+# ---------------------------------------------------------------------------------------- helpers
 
 
 @pytest.fixture(scope="module")
@@ -62,358 +52,554 @@ def core(k8s_api) -> client.CoreV1Api:
     api = client.CoreV1Api(k8s_api)
     nodes = [n.metadata.name for n in api.list_node().items]
     if NODE not in nodes:
-        pytest.fail(f"no node {NODE!r} in the cluster (nodes: {nodes}); is testbed/procnode running (make testbed-up)?")
+        pytest.fail(f"no node {NODE!r} in the cluster (nodes: {nodes}); is the testbed up (make testbed-up)?", pytrace=False)
     return api
 
 
 @pytest.fixture
-def ns(core) -> Iterator[str]:
-    name = f"e2e-node-{uuid.uuid4().hex[:8]}"
+def ns(core, request) -> Iterator[str]:
+    name = f"e2e-node-{request.node.name[5:].replace('_', '-')[:30].strip('-')}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
+    # Pods are refused until the namespace's default ServiceAccount exists.
     wait_for("the default ServiceAccount", lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
 
-def echo_container(**extra) -> dict:
-    return {"name": "echo", "image": "echo:local", "command": ["python3", "echo_server.py"], **extra}
+def kubectl(testbed, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    done = subprocess.run([testbed.kubectl, "--kubeconfig", testbed.kubeconfig, *args],  # noqa: S603
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done
 
 
-def pod_body(name: str, containers: list[dict], **spec) -> dict:
+def pod_python(testbed, ns: str, pod: str, code: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`kubectl exec POD -- python3 -c CODE` (the image has python3, not necessarily coreutils)."""
+    return kubectl(testbed, "-n", ns, "exec", pod, "--", "python3", "-c", textwrap.dedent(code), check=check, timeout=timeout)
+
+
+def pod_json(testbed, ns: str, pod: str, code: str, timeout: float = 60) -> dict:
+    """Run CODE in the pod; its last stdout line is a JSON object."""
+    out = pod_python(testbed, ns, pod, code, timeout=timeout).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def story(core, ns: str) -> str:
+    """What the namespace's pods and events say: appended to a failed wait."""
+    lines = []
+    for p in core.list_namespaced_pod(ns).items:
+        lines.append(f"pod {p.metadata.name}: phase={p.status.phase} ip={p.status.pod_ip} node={p.spec.node_name}"
+                     f"{' (terminating)' if p.metadata.deletion_timestamp else ''}")  # fmt: skip
+        for s in p.status.container_statuses or []:
+            st = s.state
+            now = (f"waiting {st.waiting.reason}: {st.waiting.message}" if st.waiting
+                   else f"terminated {st.terminated.reason} exit {st.terminated.exit_code}" if st.terminated else "running")  # fmt: skip
+            lines.append(f"  {s.name}: ready={s.ready} restarts={s.restart_count} {now}")
+    events = core.list_namespaced_event(ns).items
+    events.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+    for e in events[-20:]:
+        lines.append(f"event {e.type} {e.reason} {e.involved_object.kind}/{e.involved_object.name}: {(e.message or '').strip()}")
+    return "\n".join(lines)
+
+
+def wait_in(core, ns: str, what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
+    """support.wait_for, with the namespace's pods and events in the failure message."""
+    try:
+        return wait_for(what, probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- {ns}:\n{story(core, ns)}") from None
+
+
+def container_status(pod: client.V1Pod) -> client.V1ContainerStatus | None:
+    return (pod.status.container_statuses or [None])[0]
+
+
+def is_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def bare_pod(name: str, command: list[str], **spec: Any) -> dict:
+    """A pod of the grinder image, restricted like the example, running COMMAND."""
+    container = {"name": "main", "image": IMAGE, "command": command, "securityContext": RESTRICTED_CONTAINER}
+    container.update(spec.pop("container", {}))
     return {"metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"containers": containers, "terminationGracePeriodSeconds": 5, **spec}}  # fmt: skip
+            "spec": {"containers": [container], "securityContext": RESTRICTED_POD,
+                     "terminationGracePeriodSeconds": 5, **spec}}  # fmt: skip
 
 
-def read_pod(core, ns: str, name: str):
-    return core.read_namespaced_pod(name, ns)
-
-
-def container_state(pod, name: str | None = None):
-    statuses = pod.status.container_statuses or []
-    return next((s for s in statuses if name is None or s.name == name), None)
-
-
-def running_pod(core, ns: str, name: str, timeout: float = 30):
+def running_pod(core, ns: str, name: str, timeout: float = 60) -> client.V1Pod:
     def ready():
-        pod = read_pod(core, ns, name)
-        return pod if pod.status.phase == "Running" and all(s.ready for s in pod.status.container_statuses or [False]) else None
+        pod = core.read_namespaced_pod(name, ns)
+        return pod if pod.status.phase == "Running" and is_ready(pod) else None
 
-    return wait_for(f"pod {ns}/{name} Running and ready", ready, timeout=timeout)
-
-
-def kubectl(testbed, *args: str) -> str:
-    done = subprocess.run([testbed.kubectl, "--kubeconfig", testbed.kubeconfig, *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-    return done.stdout
+    return wait_in(core, ns, f"pod {ns}/{name} Running and Ready", ready, timeout)
 
 
-# ---------------------------------------------------------------------------------------- node
+def grinder_deployment(name: str, env: dict[str, str] | None = None, replicas: int = 1) -> dict:
+    """examples/grinder-deployment.yaml as a user applies it (no `command`: the image's
+    ENTRYPOINT), named NAME, labelled app=NAME, the restricted securityContext spelled out,
+    ENV added to (or replacing) the example's."""
+    body = yaml.safe_load((EXAMPLES / "grinder-deployment.yaml").read_text())
+    body["metadata"] = {"name": name, "labels": {"app": name}}
+    body["spec"]["replicas"] = replicas
+    body["spec"]["selector"] = {"matchLabels": {"app": name}}
+    template = body["spec"]["template"]
+    template["metadata"]["labels"] = {"app": name}
+    pod = template["spec"]
+    pod["securityContext"] = dict(RESTRICTED_POD)
+    container = pod["containers"][0]
+    assert "command" not in container and "args" not in container, "the example must run the image's ENTRYPOINT"
+    container["securityContext"] = dict(RESTRICTED_CONTAINER)
+    container["env"] = [e for e in container["env"] if e["name"] not in (env or {})]
+    container["env"] += [{"name": k, "value": v} for k, v in (env or {}).items()]
+    return body
 
 
-def test_node_is_registered_ready_untainted_with_a_fresh_lease(core, k8s_api):
+def rolled_out(apps, ns: str, name: str) -> client.V1Deployment | None:
+    """The Deployment when its latest template runs on every replica and it is Available."""
+    d = apps.read_namespaced_deployment(name, ns)
+    s = d.status
+    done = (s.observed_generation == d.metadata.generation and (s.replicas or 0) == d.spec.replicas
+            and (s.updated_replicas or 0) == d.spec.replicas and (s.available_replicas or 0) == d.spec.replicas)  # fmt: skip
+    return d if done and any(c.type == "Available" and c.status == "True" for c in s.conditions or []) else None
+
+
+def wait_available(apps, core, ns: str, name: str, timeout: float = 90) -> client.V1Deployment:
+    return wait_in(core, ns, f"Deployment {ns}/{name} Available", lambda: rolled_out(apps, ns, name), timeout)
+
+
+def grinder_pod(name: str, env: dict[str, str] | None = None) -> dict:
+    """A bare pod of the example's template (the image's ENTRYPOINT, restricted, its hostPath)."""
+    template = grinder_deployment(name, env)["spec"]["template"]
+    return {"metadata": {"name": name, "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
+
+
+def live_pods(core, ns: str, app: str) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod(ns, label_selector=f"app={app}").items
+    return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+
+
+def http_get(url: str, timeout: float = 3) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (pod IPs, loopback)
+        return resp.read().decode()
+
+
+def gone(core, ns: str, name: str) -> bool:
+    try:
+        core.read_namespaced_pod(name, ns)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+# ---------------------------------------------------------------------------------------- 1. the node
+
+
+def test_node_is_a_kubelet_on_containerd_serving_tls_on_the_node_ip(core, k8s_api):
     node = core.read_node(NODE)
     conditions = {c.type: c for c in node.status.conditions}
-    assert conditions["Ready"].status == "True"
-    assert all(conditions[t].status == "False" for t in ("MemoryPressure", "DiskPressure", "PIDPressure"))
-    assert not node.spec.taints, node.spec.taints
-    assert not node.spec.unschedulable
-    assert {"type": "InternalIP", "address": "127.0.0.1"} in [a.to_dict() for a in node.status.addresses]
-    assert node.status.daemon_endpoints.kubelet_endpoint.port == 10250
-    assert node.status.node_info.kubelet_version == "v1.36.3"
-    assert (node.status.allocatable["cpu"], node.status.allocatable["memory"], node.status.allocatable["pods"]) == ("8", "32Gi", "110")
+    assert conditions["Ready"].status == "True", f"node not Ready: {conditions['Ready'].reason}: {conditions['Ready'].message}"
+    pressure = {t: conditions[t].status for t in ("MemoryPressure", "DiskPressure", "PIDPressure") if t in conditions}
+    assert set(pressure.values()) == {"False"}, f"node under pressure: {pressure}"
+    assert not node.spec.unschedulable, "node is cordoned"
+    info = node.status.node_info
+    assert info.kubelet_version == "v1.36.3", f"kubeletVersion {info.kubelet_version}"
+    assert info.container_runtime_version.startswith("containerd://2."), f"containerRuntimeVersion {info.container_runtime_version}"
+    addresses = {(a.type, a.address) for a in node.status.addresses}
+    assert ("InternalIP", NODE_IP) in addresses, f"addresses {sorted(addresses)}"
+    assert node.status.daemon_endpoints.kubelet_endpoint.port == KUBELET_PORT
 
-    lease = client.CoordinationV1Api(k8s_api).read_namespaced_lease(NODE, "kube-node-lease")
-    assert lease.spec.holder_identity == NODE
+    # A container the node runs (CoreDNS) is a containerd container.
+    dns = [p for p in core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-dns").items if p.status.phase == "Running"]
+    assert dns, "no running CoreDNS pod in kube-system"
+    assert dns[0].spec.node_name == NODE and container_status(dns[0]).container_id.startswith("containerd://"), container_status(dns[0])
+
+    # The heartbeat: the node's Lease is held by the kubelet and renewed (every 10 s by default).
+    leases = client.CoordinationV1Api(k8s_api)
+    lease = leases.read_namespaced_lease(NODE, "kube-node-lease")
+    assert lease.spec.holder_identity == NODE, lease.spec.holder_identity
     age = (datetime.now(timezone.utc) - lease.spec.renew_time).total_seconds()
-    assert age < 25, f"lease renewed {age:.0f}s ago (heartbeat every 10s)"
+    assert age < lease.spec.lease_duration_seconds, f"lease renewed {age:.0f}s ago (duration {lease.spec.lease_duration_seconds}s)"
+    first = lease.spec.renew_time
+    wait_for("the kubelet to renew its Lease again", lambda: leases.read_namespaced_lease(NODE, "kube-node-lease").spec.renew_time > first, timeout=30)
+
+    # The kubelet's API, on the node IP, with a serving certificate from the cluster CA for that
+    # IP; without credentials it refuses (anonymous auth off), which is the answer we want.
+    ctx = ssl.create_default_context(cafile=k8s_api.configuration.ssl_ca_cert)
+    conn = http.client.HTTPSConnection(NODE_IP, KUBELET_PORT, context=ctx, timeout=5)
+    try:
+        conn.request("GET", "/pods")
+        peer = conn.sock.getpeercert()
+        resp = conn.getresponse()
+        assert resp.status in (401, 403), f"GET https://{NODE_IP}:{KUBELET_PORT}/pods without credentials: HTTP {resp.status} {resp.read()[:200]!r}"
+    finally:
+        conn.close()
+    assert ("IP Address", NODE_IP) in peer.get("subjectAltName", ()), f"kubelet certificate SANs: {peer.get('subjectAltName')}"
 
 
-# ---------------------------------------------------------------------------------------- workloads
+# ---------------------------------------------------------------------------------------- 2. the grinder as users run it
+
+SECURITY_CHECK = """
+import errno, json, os
+status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+try:
+    open("/written-by-the-test", "w").close()
+    root_write = "succeeded"
+except OSError as exc:
+    root_write = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(),
+    "pid1": open("/proc/1/cmdline").read().split("\\0")[:-1],
+    "secret": open("/etc/grinder-creds/token").read(),
+    "root_write": root_write,
+    "no_new_privs": status.get("NoNewPrivs", "?").strip(),
+    "seccomp": status.get("Seccomp", "?").strip(),
+    "cap_eff": status.get("CapEff", "?").strip(),
+}))
+"""
 
 
-def test_deployment_gets_distinct_ips_logs_and_rolls_on_env_change(testbed, core, k8s_api, ns):
+def test_grinder_runs_its_entrypoint_restricted_with_a_secret_volume(testbed, core, k8s_api, ns):
     apps = client.AppsV1Api(k8s_api)
-    template = pod_body("web", [echo_container(
-        env=[{"name": "GREETING", "value": "v1"}, {"name": "ECHO_VARS", "value": "GREETING,MY_NAME"},
-             {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-        ports=[{"name": "http", "containerPort": 8080}],
-        readinessProbe={"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-    )])  # fmt: skip
-    apps.create_namespaced_deployment(ns, {
-        "metadata": {"name": "web"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template,
-                 "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}},
-    })  # fmt: skip
+    token = uuid.uuid4().hex
+    core.create_namespaced_secret(ns, {"metadata": {"name": "grinder-creds"}, "stringData": {"token": token}})
+    body = grinder_deployment("grinder")
+    pod_spec = body["spec"]["template"]["spec"]
+    pod_spec["volumes"].append({"name": "creds", "secret": {"secretName": "grinder-creds"}})
+    pod_spec["containers"][0]["volumeMounts"].append({"name": "creds", "mountPath": "/etc/grinder-creds", "readOnly": True})
+    apps.create_namespaced_deployment(ns, body)
+    wait_available(apps, core, ns, "grinder")
 
-    def available(generation: int = 1):
-        d = apps.read_namespaced_deployment("web", ns)
-        s = d.status
-        done = (s.observed_generation or 0) >= generation and s.updated_replicas == 2 and s.available_replicas == 2 and (s.replicas or 0) == 2
-        return d if done and any(c.type == "Available" and c.status == "True" for c in s.conditions or []) else None
+    [pod] = live_pods(core, ns, "grinder")
+    name = pod.metadata.name
+    assert not pod.spec.containers[0].command, "the Deployment has no command: the image's ENTRYPOINT runs"
+    seen = pod_json(testbed, ns, name, SECURITY_CHECK)
+    assert seen["pid1"] == ["python3", "/app/grinder_sim.py"], f"PID 1 in the container is {seen['pid1']}, not the image's ENTRYPOINT"
+    assert seen["uid"] != 0, f"the simulator runs as uid {seen['uid']} (root); the image's USER is non-root"
+    assert seen["secret"] == token, f"the Secret's file at /etc/grinder-creds/token reads {seen['secret']!r}"
+    assert seen["root_write"] == "EROFS", f"writing to / {seen['root_write']} (readOnlyRootFilesystem: expected EROFS)"
+    assert seen["no_new_privs"] == "1", f"NoNewPrivs {seen['no_new_privs']} (allowPrivilegeEscalation: false)"
+    assert seen["seccomp"] == "2", f"Seccomp mode {seen['seccomp']} (RuntimeDefault: 2, a filter)"
+    assert int(seen["cap_eff"], 16) == 0, f"effective capabilities {seen['cap_eff']} (drop: [ALL])"
 
-    wait_for("Deployment web Available with 2 replicas", available, timeout=60)
-    pods = core.list_namespaced_pod(ns, label_selector="app=web").items
-    ips = sorted(p.status.pod_ip for p in pods)
-    assert len(set(ips)) == 2 and all(ip.startswith("127.1.") for ip in ips), ips
-    answers = {p.metadata.name: get_json(f"http://{p.status.pod_ip}:8080/") for p in pods}
-    for name, answer in answers.items():
-        assert answer["hostname"] == name and answer["env"] == {"GREETING": "v1", "MY_NAME": name}
-    old_pids = [a["pid"] for a in answers.values()]
-    assert all(alive(pid) for pid in old_pids)
+    logs = kubectl(testbed, "-n", ns, "logs", name).stdout
+    assert "GRINDER_SIM_STARTED" in logs, f"no startup line in kubectl logs:\n{logs[-2000:]}"
+    assert f"pod_ip={pod.status.pod_ip} " in logs, f"the simulator did not listen on the pod IP {pod.status.pod_ip}:\n{logs[-2000:]}"
 
-    first = pods[0].metadata.name
-    all_lines = kubectl(testbed, "-n", ns, "logs", first).splitlines()
-    assert all_lines[0].startswith("echo listening on 127.1."), all_lines[:3]
-    tail = kubectl(testbed, "-n", ns, "logs", first, "--tail=2").splitlines()
-    assert len(tail) == 2 and all(line.startswith("GET /") for line in tail), tail  # probe requests keep logging
-    stamped = kubectl(testbed, "-n", ns, "logs", first, "--tail=1", "--timestamps").splitlines()
-    assert len(stamped) == 1 and stamped[0].split(" ", 1)[0].endswith("Z") and stamped[0].split(" ", 1)[0][:4].isdigit()
+    pod_ip = ipaddress.ip_address(pod.status.pod_ip)
+    assert pod_ip in POD_CIDR, f"pod IP {pod_ip} not in {POD_CIDR}"
+    metrics = wait_for(f"/metrics at http://{pod_ip}:9090 from this machine", lambda: http_get(f"http://{pod_ip}:9090/metrics"), timeout=20)
+    assert "grinder_router_fill_prob_enforce_enabled 0" in metrics, metrics[:1000]
 
-    old_rs = {rs.metadata.name for rs in apps.list_namespaced_replica_set(ns).items}
-    apps.patch_namespaced_deployment("web", ns, {"spec": {"template": {"spec": {"containers": [
-        {"name": "echo", "env": [{"name": "GREETING", "value": "v2"}]}]}}}})  # fmt: skip
+
+# ---------------------------------------------------------------------------------------- 3. rolling on env change
+
+
+def test_env_change_rolls_new_pods_that_see_the_new_value(testbed, core, k8s_api, ns):
+    apps = client.AppsV1Api(k8s_api)
+    apps.create_namespaced_deployment(ns, grinder_deployment("grinder", env={"X": "v1"}, replicas=2))
+    wait_available(apps, core, ns, "grinder")
+    old = {p.metadata.name for p in live_pods(core, ns, "grinder")}
+    assert len(old) == 2, old
+    read_x = 'import os; print(os.environ["X"])'
+    for name in old:
+        assert pod_python(testbed, ns, name, read_x).stdout.strip() == "v1", f"pod {name}"
+
+    kubectl(testbed, "-n", ns, "set", "env", "deployment/grinder", "X=v2")
 
     def rolled():
-        if available(generation=2) is None:
-            return None
-        new_rs = {rs.metadata.name for rs in apps.list_namespaced_replica_set(ns).items} - old_rs
-        pods = [p for p in core.list_namespaced_pod(ns, label_selector="app=web").items if not p.metadata.deletion_timestamp]
-        return pods if new_rs and len(pods) == 2 and all(p.metadata.owner_references[0].name in new_rs for p in pods) else None
+        pods = live_pods(core, ns, "grinder") if rolled_out(apps, ns, "grinder") else []
+        return pods if len(pods) == 2 and not {p.metadata.name for p in pods} & old else None
 
-    new_pods = wait_for("the rollout to a new ReplicaSet with the new env", rolled, timeout=90)
-    for p in new_pods:
-        assert get_json(f"http://{p.status.pod_ip}:8080/")["env"]["GREETING"] == "v2"
-    wait_for("the old pods' processes to be gone", lambda: not any(alive(pid) for pid in old_pids), timeout=30)
+    new = wait_in(core, ns, "the rollout to 2 new Running pods", rolled, timeout=90)
+    for pod in new:
+        assert pod_python(testbed, ns, pod.metadata.name, read_x).stdout.strip() == "v2", f"pod {pod.metadata.name}"
+    wait_in(core, ns, f"the old pods {sorted(old)} to be deleted", lambda: all(gone(core, ns, n) for n in old), timeout=30)
 
 
-def _job(batch, ns: str, name: str, code: str) -> None:
-    batch.create_namespaced_job(ns, {
-        "metadata": {"name": name},
-        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
-            {"name": "main", "image": "echo:local", "command": ["python3", "-c", code]}]}}},
-    })  # fmt: skip
+# ---------------------------------------------------------------------------------------- 4. DNS, Services, the API from a pod
 
-
-def _job_condition(batch, ns: str, name: str) -> str | None:
-    conditions = batch.read_namespaced_job(name, ns).status.conditions or []
-    return next((c.type for c in conditions if c.type in ("Complete", "Failed") and c.status == "True"), None)
-
-
-def test_jobs_complete_or_fail_with_the_real_exit_code(testbed, core, k8s_api, ns):
-    batch = client.BatchV1Api(k8s_api)
-    _job(batch, ns, "ok", "print('job says hi')")
-    _job(batch, ns, "boom", "import sys; print('about to fail', flush=True); sys.exit(1)")
-
-    assert wait_for("job ok to finish", lambda: _job_condition(batch, ns, "ok"), timeout=60) == "Complete"
-    assert wait_for("job boom to finish", lambda: _job_condition(batch, ns, "boom"), timeout=60) == "Failed"
-
-    ok_pod = core.list_namespaced_pod(ns, label_selector="job-name=ok").items[0]
-    assert ok_pod.status.phase == "Succeeded"
-    assert container_state(ok_pod).state.terminated.exit_code == 0
-    assert container_state(ok_pod).state.terminated.reason == "Completed"
-    assert core.read_namespaced_pod_log(ok_pod.metadata.name, ns) == "job says hi\n"
-
-    boom_pod = core.list_namespaced_pod(ns, label_selector="job-name=boom").items[0]
-    assert boom_pod.status.phase == "Failed"
-    terminated = container_state(boom_pod).state.terminated
-    assert (terminated.exit_code, terminated.reason) == (1, "Error")
-    assert "about to fail" in kubectl(testbed, "-n", ns, "logs", "job/boom")
-
-
-SA_SCRIPT = textwrap.dedent(
-    """
-    import os
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-    config.load_kube_config()
-    ns = open(os.path.join(os.path.dirname(os.environ["KUBECONFIG"]), "namespace")).read()
-    api = client.CoreV1Api()
-    api.list_namespaced_config_map(ns)
-    print("configmaps=200", flush=True)
+SERVICE_CHECK = """
+import json, socket, urllib.request
+out = {"resolv.conf": open("/etc/resolv.conf").read()}
+for key, name in (("kubernetes", "kubernetes.default.svc.cluster.local"), ("web", "web.@NS@.svc.cluster.local"), ("web short", "web")):
     try:
-        api.list_namespaced_secret(ns)
-        print("secrets=200", flush=True)
-    except ApiException as exc:
-        print(f"secrets={exc.status}", flush=True)
-    review = client.AuthenticationV1Api().create_self_subject_review({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    print("user=" + review.status.user_info.username, flush=True)
-    """
-)
+        out[key] = socket.gethostbyname(name)
+    except OSError as exc:
+        out[key] = f"{type(exc).__name__}: {exc}"
+try:
+    with urllib.request.urlopen("http://@CLUSTER_IP@/metrics", timeout=5) as resp:
+        out["through the Service"] = resp.read().decode()
+except OSError as exc:
+    out["through the Service"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+API_CHECK = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(sa + "/token").read()
+ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+def call(method, path, body=None):
+    req = urllib.request.Request("https://kubernetes.default.svc" + path, method=method,
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        return json.loads(resp.read())
+review = call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+print(json.dumps({"env": os.environ.get("KUBERNETES_SERVICE_HOST"), "version": call("GET", "/version")["gitVersion"],
+                  "user": review["status"]["userInfo"]["username"]}))
+"""
 
 
-def test_pod_serviceaccount_gets_a_kubeconfig_with_exactly_its_rbac(core, k8s_api, ns):
-    rbac = client.RbacAuthorizationV1Api(k8s_api)
-    core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(ns, {"metadata": {"name": "cm-reader"},
-                                     "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]})  # fmt: skip
-    rbac.create_namespaced_role_binding(ns, {
-        "metadata": {"name": "reader-cm"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
-    })  # fmt: skip
-    core.create_namespaced_pod(ns, pod_body("sa-check", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", SA_SCRIPT]}],
-                                            serviceAccountName="reader", restartPolicy="Never"))  # fmt: skip
+def test_pod_resolves_cluster_names_and_reaches_a_service(testbed, core, k8s_api, ns):
+    apps = client.AppsV1Api(k8s_api)
+    apps.create_namespaced_deployment(ns, grinder_deployment("web"))
+    svc = core.create_namespaced_service(ns, {"metadata": {"name": "web"},
+                                              "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 9090}]}})  # fmt: skip
+    core.create_namespaced_pod(ns, bare_pod("client", ["python3", "-c", IDLE]))
+    wait_available(apps, core, ns, "web")
+    running_pod(core, ns, "client")
+    cluster_ip = svc.spec.cluster_ip
+    api_ip = core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+    dns_ip = core.read_namespaced_service("kube-dns", "kube-system").spec.cluster_ip
 
-    pod = wait_for("pod sa-check to finish", lambda: (p := read_pod(core, ns, "sa-check")).status.phase in ("Succeeded", "Failed") and p, timeout=60)
-    out = core.read_namespaced_pod_log("sa-check", ns)
-    assert pod.status.phase == "Succeeded", out
-    assert out.splitlines() == ["configmaps=200", "secrets=403", f"user=system:serviceaccount:{ns}:reader"]
+    code = SERVICE_CHECK.replace("@NS@", ns).replace("@CLUSTER_IP@", cluster_ip)
+    # kube-proxy programs the Service once its endpoint is ready: a moment after Available.
+    seen = wait_in(core, ns, f"the Service web ({cluster_ip}) to answer from pod client",
+                   lambda: "grinder_router_orders_total" in (out := pod_json(testbed, ns, "client", code))["through the Service"] and out, timeout=30)
+    assert f"nameserver {dns_ip}" in seen["resolv.conf"], f"the kubelet's resolv.conf does not name kube-dns {dns_ip}:\n{seen['resolv.conf']}"
+    assert f"search {ns}.svc.cluster.local svc.cluster.local cluster.local" in seen["resolv.conf"], seen["resolv.conf"]
+    assert seen["kubernetes"] == api_ip, f"kubernetes.default.svc.cluster.local -> {seen['kubernetes']}, the Service is {api_ip}"
+    assert seen["web"] == cluster_ip, f"web.{ns}.svc.cluster.local -> {seen['web']}, the Service is {cluster_ip}"
+    assert seen["web short"] == cluster_ip, f"web (search path) -> {seen['web short']}, the Service is {cluster_ip}"
+    assert "grinder_router_orders_total" in seen["through the Service"], seen["through the Service"][:500]
 
 
-def test_deletion_sigterms_the_process_group_then_removes_the_pod(core, ns, tmp_path):
-    marker = tmp_path / "term.txt"
-    core.create_namespaced_pod(ns, pod_body("victim", [echo_container(env=[{"name": "ECHO_TERM_MARKER", "value": str(marker)}])],
-                                            terminationGracePeriodSeconds=20))  # fmt: skip
-    pod = running_pod(core, ns, "victim")
-    pid = get_json(f"http://{pod.status.pod_ip}:8080/")["pid"]
-    started = time.monotonic()
-    core.delete_namespaced_pod("victim", ns)
+def test_pod_reaches_the_api_server_with_its_serviceaccount_token(testbed, core, ns):
+    core.create_namespaced_pod(ns, bare_pod("client", ["python3", "-c", IDLE]))
+    running_pod(core, ns, "client")
+    api_ip = core.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+    done = pod_python(testbed, ns, "client", API_CHECK, check=False)
+    assert done.returncode == 0, f"GET https://kubernetes.default.svc/version from the pod failed:\n{done.stdout}{done.stderr}"
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["env"] == api_ip, f"KUBERNETES_SERVICE_HOST={seen['env']}, the kubernetes Service is {api_ip}"
+    assert seen["version"].startswith("v1.36."), seen["version"]
+    assert seen["user"] == f"system:serviceaccount:{ns}:default", f"the API server saw {seen['user']!r}"
 
-    def gone():
+
+# ---------------------------------------------------------------------------------------- 5. port-forward
+
+
+def test_kubectl_port_forward_reaches_the_pod_port(testbed, core, k8s_api, ns):
+    apps = client.AppsV1Api(k8s_api)
+    # CRI port-forward dials localhost inside the pod's network namespace (containerd's
+    # sandbox_portforward_linux.go), so the simulator listens on every address here, not only
+    # on its pod IP as in the example.
+    apps.create_namespaced_deployment(ns, grinder_deployment("grinder", env={"POD_IP": "0.0.0.0"}))
+    wait_available(apps, core, ns, "grinder")
+    [pod] = live_pods(core, ns, "grinder")
+    port = free_port()
+    forward = subprocess.Popen(  # noqa: S603
+        [testbed.kubectl, "--kubeconfig", testbed.kubeconfig, "-n", ns, "port-forward", "--address", "127.0.0.1",
+         f"pod/{pod.metadata.name}", f"{port}:9090"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
         try:
-            read_pod(core, ns, "victim")
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for("pod victim to be deleted", gone, timeout=30)
-    assert time.monotonic() - started < 15, "the process exits on SIGTERM: no need to wait for the 20s grace period"
-    assert marker.read_text() == f"{pid} SIGTERM\n"
-    assert not alive(pid)
-
-
-def test_grace_period_ends_with_sigkill(core, ns):
-    code = "import signal, time; signal.signal(signal.SIGTERM, lambda *a: print('ignoring SIGTERM', flush=True)); time.sleep(600)"
-    core.create_namespaced_pod(ns, pod_body("stubborn", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", code]}],
-                                            terminationGracePeriodSeconds=2))  # fmt: skip
-    wait_for("pod stubborn running", lambda: read_pod(core, ns, "stubborn").status.phase == "Running", timeout=30)
-    pid = int(container_state(read_pod(core, ns, "stubborn")).container_id.rsplit("/", 1)[-1])
-    assert alive(pid)
-    started = time.monotonic()
-    core.delete_namespaced_pod("stubborn", ns)
-    wait_for("the stubborn process to be killed", lambda: not alive(pid), timeout=15)
-    assert time.monotonic() - started >= 1.5, "SIGKILL came before the grace period"
+            metrics = wait_for(f"/metrics through kubectl port-forward on 127.0.0.1:{port}",
+                               lambda: forward.poll() is None and http_get(f"http://127.0.0.1:{port}/metrics"), timeout=30)  # fmt: skip
+        except AssertionError as exc:
+            forward.terminate()
+            out, err = forward.communicate(timeout=10)
+            raise AssertionError(f"{exc}\nkubectl port-forward (exit {forward.returncode}):\n{out}{err}") from None
+        assert "grinder_router_orders_total" in metrics, metrics[:1000]
+    finally:
+        if forward.poll() is None:
+            forward.terminate()
+            forward.wait(10)
 
 
-# ---------------------------------------------------------------------------------------- status
+# ---------------------------------------------------------------------------------------- 6. restarts, probes, grace
 
 
-def test_crash_loop_restarts_with_back_off_and_previous_logs(testbed, core, ns):
-    code = "import os; print('run at', os.getpid(), flush=True); raise SystemExit(2)"
-    core.create_namespaced_pod(ns, pod_body("crasher", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", code]}]))
+def test_container_exiting_non_zero_goes_to_crash_loop_back_off(testbed, core, ns):
+    code = "print('crasher ran', flush=True); raise SystemExit(3)"
+    core.create_namespaced_pod(ns, bare_pod("crasher", ["python3", "-c", code]))
 
     def looping():
-        s = container_state(read_pod(core, ns, "crasher"))
+        s = container_status(core.read_namespaced_pod("crasher", ns))
         waiting = s and s.state.waiting
         return s if waiting and waiting.reason == "CrashLoopBackOff" and s.restart_count >= 1 else None
 
-    s = wait_for("CrashLoopBackOff after a restart", looping, timeout=30)
-    assert s.last_state.terminated.exit_code == 2 and s.last_state.terminated.reason == "Error"
-    pod = read_pod(core, ns, "crasher")
-    assert pod.status.phase == "Running"  # restartPolicy Always: restarting, not failed
-    previous = kubectl(testbed, "-n", ns, "logs", "crasher", "--previous")
-    assert previous.startswith("run at "), previous
+    s = wait_in(core, ns, "CrashLoopBackOff with a restart counted", looping, timeout=90)
+    terminated = s.last_state.terminated
+    assert (terminated.exit_code, terminated.reason) == (3, "Error"), f"last state: {terminated}"
+    pod = core.read_namespaced_pod("crasher", ns)
+    assert pod.status.phase == "Running" and not is_ready(pod), f"phase {pod.status.phase}, ready {is_ready(pod)}"
+    previous = kubectl(testbed, "-n", ns, "logs", "crasher", "--previous").stdout
+    assert previous == "crasher ran\n", f"kubectl logs --previous: {previous!r}"
 
 
-def test_unknown_image_and_missing_command_are_reported(core, ns):
-    core.create_namespaced_pod(ns, pod_body("no-image", [{"name": "main", "image": "nope:local", "command": ["true"]}]))
-    core.create_namespaced_pod(ns, pod_body("no-command", [{"name": "main", "image": "echo:local"}]))
-
-    def waiting(name: str, reasons: tuple[str, ...]):
-        s = container_state(read_pod(core, ns, name))
-        return s.state.waiting if s and s.state.waiting and s.state.waiting.reason in reasons else None
-
-    pull = wait_for("ErrImagePull", lambda: waiting("no-image", ("ErrImagePull", "ImagePullBackOff")), timeout=30)
-    assert "nope:local" in pull.message
-    create = wait_for("CreateContainerError", lambda: waiting("no-command", ("CreateContainerError",)), timeout=30)
-    assert "no command" in create.message
-    assert read_pod(core, ns, "no-image").status.phase == "Pending"
-
-
-def test_readiness_and_liveness_probes_drive_status_and_restarts(core, ns, tmp_path):
-    ready_file, unhealthy_file = tmp_path / "ready", tmp_path / "unhealthy"
-    core.create_namespaced_pod(ns, pod_body("probed", [echo_container(
-        env=[{"name": "ECHO_UNHEALTHY_FILE", "value": str(unhealthy_file)}],
-        readinessProbe={"exec": {"command": ["test", "-f", str(ready_file)]}, "periodSeconds": 1},
-        livenessProbe={"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
-    )]))  # fmt: skip
-    wait_for("pod probed running", lambda: read_pod(core, ns, "probed").status.phase == "Running", timeout=30)
-
-    def readiness_failed():
-        events = core.list_namespaced_event(ns, field_selector="involvedObject.name=probed").items
-        return any(e.reason == "Unhealthy" and e.message.startswith("Readiness probe failed") for e in events)
-
-    wait_for("a failed readiness probe (Unhealthy event)", readiness_failed, timeout=15)
-    pod = read_pod(core, ns, "probed")
-    assert not container_state(pod).ready
-    ready = {c.type: c for c in pod.status.conditions}["Ready"]
-    assert ready.status == "False" and ready.reason == "ContainersNotReady"
-
-    ready_file.write_text("yes")
-    running_pod(core, ns, "probed", timeout=15)
-
-    unhealthy_file.write_text("yes")
-    wait_for("the liveness probe to restart the container", lambda: container_state(read_pod(core, ns, "probed")).restart_count >= 1, timeout=30)
-    unhealthy_file.unlink()
-    s = container_state(running_pod(core, ns, "probed", timeout=30))
-    assert s.last_state.terminated is not None and s.last_state.terminated.exit_code == 0  # echo exits 0 on SIGTERM
-
-
-def test_init_containers_run_first_in_order(core, ns, tmp_path):
-    out = tmp_path / "order.txt"
-    step = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-    body = pod_body("with-init", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", step, str(out), "main"]}],
-                    restartPolicy="Never",
-                    initContainers=[{"name": f"init{i}", "image": "echo:local", "command": ["python3", "-c", step, str(out), f"init{i}"]} for i in (1, 2)])  # fmt: skip
-    core.create_namespaced_pod(ns, body)
-    pod = wait_for("pod with-init to succeed", lambda: (p := read_pod(core, ns, "with-init")).status.phase == "Succeeded" and p, timeout=60)
-    assert out.read_text().splitlines() == ["init1", "init2", "main"]
-    assert [s.state.terminated.reason for s in pod.status.init_container_statuses] == ["Completed", "Completed"]
-    conditions = {c.type: c.status for c in pod.status.conditions}
-    assert conditions["Initialized"] == "True" and conditions["PodScheduled"] == "True"
-
-
-def test_log_api_options_follow_since_and_limit(testbed, core, ns):
-    code = "import time\nfor i in range(5): print('line', i, flush=True)\ntime.sleep(2)\nprint('bye', flush=True)"
-    core.create_namespaced_pod(ns, pod_body("talker", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", code]}],
-                                            restartPolicy="Never"))  # fmt: skip
-    wait_for("talker running", lambda: read_pod(core, ns, "talker").status.phase in ("Running", "Succeeded"), timeout=30)
-    resp = core.read_namespaced_pod_log("talker", ns, follow=True, _preload_content=False, _request_timeout=30)
-    followed = resp.read().decode()  # ends when the process ends
-    assert followed == "line 0\nline 1\nline 2\nline 3\nline 4\nbye\n"
-
-    wait_for("talker to succeed", lambda: read_pod(core, ns, "talker").status.phase == "Succeeded", timeout=30)
-    assert core.read_namespaced_pod_log("talker", ns, tail_lines=2) == "line 4\nbye\n"
-    assert core.read_namespaced_pod_log("talker", ns, limit_bytes=9) == "line 0\nli"
-    stamped = core.read_namespaced_pod_log("talker", ns, timestamps=True).splitlines()
-    assert [line.split(" ", 1)[1] for line in stamped] == ["line 0", "line 1", "line 2", "line 3", "line 4", "bye"]
-    whole, _, fraction = stamped[-1].split(" ")[0].rstrip("Z").partition(".")
-    bye_at = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc) + timedelta(microseconds=int(fraction.ljust(6, "0")[:6]))
-    # 'bye' came 2 s after 'line 4': a window reaching just past 'bye' holds only 'bye'.
-    window = int((datetime.now(timezone.utc) - bye_at).total_seconds()) + 1
-    assert core.read_namespaced_pod_log("talker", ns, since_seconds=window) == "bye\n"
-    assert kubectl(testbed, "-n", ns, "logs", "talker", f"--since-time={whole}Z") == "bye\n"  # the API's sinceTime
-
-
-def test_host_path_volumes_are_created_or_checked_per_type(core, ns, tmp_path):
-    made, missing = tmp_path / "made" / "here", tmp_path / "missing"
-    write = "import sys; open(sys.argv[1] + '/out.txt', 'w').write('written')"
-    core.create_namespaced_pod(ns, pod_body(
-        "host-ok", [{"name": "main", "image": "echo:local", "command": ["python3", "-c", write, str(made)],
-                     "volumeMounts": [{"name": "data", "mountPath": str(made)}]}],  # mountPath == path: no remapping
-        restartPolicy="Never", volumes=[{"name": "data", "hostPath": {"path": str(made), "type": "DirectoryOrCreate"}}],
+def test_failing_readiness_probe_makes_the_pod_not_ready(testbed, core, ns):
+    code = "open('/state/ready', 'w').close(); " + IDLE
+    probe = "import os, sys; sys.exit(0 if os.path.exists('/state/ready') else 1)"
+    core.create_namespaced_pod(ns, bare_pod(
+        "flaky", ["python3", "-c", code], volumes=[{"name": "state", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "state", "mountPath": "/state"}],
+                   "readinessProbe": {"exec": {"command": ["python3", "-c", probe]}, "periodSeconds": 1, "failureThreshold": 1}},
     ))  # fmt: skip
-    core.create_namespaced_pod(ns, pod_body(
-        "host-missing", [{"name": "main", "image": "echo:local", "command": ["true"]}],
-        volumes=[{"name": "data", "hostPath": {"path": str(missing), "type": "Directory"}}],
-    ))  # fmt: skip
-    wait_for("pod host-ok to succeed", lambda: read_pod(core, ns, "host-ok").status.phase == "Succeeded", timeout=60)
-    assert (made / "out.txt").read_text() == "written"
+    running_pod(core, ns, "flaky")
 
-    def failed_mount():
-        events = core.list_namespaced_event(ns, field_selector="involvedObject.name=host-missing").items
-        return [e for e in events if e.reason == "FailedMount"]
+    pod_python(testbed, ns, "flaky", "import os; os.remove('/state/ready')")
 
-    assert str(missing) in wait_for("a FailedMount event", failed_mount, timeout=30)[0].message
-    pod = read_pod(core, ns, "host-missing")
-    assert pod.status.phase == "Pending" and container_state(pod).state.waiting.reason == "ContainerCreating"
+    def not_ready():
+        pod = core.read_namespaced_pod("flaky", ns)
+        ready = next(c for c in pod.status.conditions if c.type == "Ready")
+        return pod if ready.status == "False" and ready.reason == "ContainersNotReady" else None
+
+    pod = wait_in(core, ns, "the pod NotReady after its readiness probe fails", not_ready, timeout=30)
+    s = container_status(pod)
+    assert s.state.running and not s.ready and s.restart_count == 0, f"a readiness failure only marks NotReady: {s}"
+
+    def unhealthy():
+        events = core.list_namespaced_event(ns, field_selector="involvedObject.name=flaky").items
+        return [e for e in events if e.reason == "Unhealthy" and (e.message or "").startswith("Readiness probe failed")]
+
+    wait_in(core, ns, "an Unhealthy event (Readiness probe failed)", unhealthy, timeout=15)
+    pod_python(testbed, ns, "flaky", "open('/state/ready', 'w').close()")
+    running_pod(core, ns, "flaky", timeout=30)
+
+
+STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+print("stubborn up", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+class FollowedLog:
+    """`kubectl logs -f POD`, read by a thread: the stream ends when the container does."""
+
+    def __init__(self, testbed, ns: str, pod: str):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(  # noqa: S603
+            [testbed.kubectl, "--kubeconfig", testbed.kubeconfig, "-n", ns, "logs", "-f", pod],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def ended(self) -> bool:
+        return not self.reader.is_alive()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_pod_deletion_honours_the_termination_grace_period(testbed, core, ns):
+    """A process that ignores SIGTERM gets SIGTERM, then SIGKILL at the end of its grace period;
+    one that exits on SIGTERM (the simulator) lets the deletion finish long before its own."""
+    grace = 4
+    core.create_namespaced_pod(ns, bare_pod("stubborn", ["python3", "-c", STUBBORN], terminationGracePeriodSeconds=grace))
+    polite = grinder_pod("polite")
+    polite["spec"]["terminationGracePeriodSeconds"] = 60
+    core.create_namespaced_pod(ns, polite)
+    running_pod(core, ns, "stubborn")
+    running_pod(core, ns, "polite")
+
+    follows = {name: FollowedLog(testbed, ns, name) for name in ("stubborn", "polite")}
+    try:
+        wait_in(core, ns, "the followed logs to start", lambda: "stubborn up" in follows["stubborn"].text()
+                and "GRINDER_SIM_STARTED" in follows["polite"].text(), timeout=20)  # fmt: skip
+        started = time.monotonic()
+        for name in follows:
+            core.delete_namespaced_pod(name, ns)
+        took: dict[str, float] = {}
+
+        def both_gone():
+            for name in follows:
+                if name not in took and gone(core, ns, name):
+                    took[name] = time.monotonic() - started
+            return len(took) == 2
+
+        wait_in(core, ns, "both pods deleted", both_gone, timeout=grace + 40)
+        try:  # what was logged before the end is what the assertions read; the end is not timed
+            wait_for("the followed logs to end", lambda: all(f.ended() for f in follows.values()), timeout=10)
+        except AssertionError:
+            pass
+    finally:
+        for f in follows.values():
+            f.close()
+
+    stubborn, polite_log = follows["stubborn"].text(), follows["polite"].text()
+    assert "SIGTERM ignored" in stubborn, f"the stubborn process never saw SIGTERM; its followed log:\n{stubborn}"
+    assert grace - 0.5 <= took["stubborn"] < grace + 30, f"stubborn (grace {grace}s) deleted after {took['stubborn']:.1f}s"
+    assert "GRINDER_SIM_STOPPING" in polite_log, f"the simulator did not stop on SIGTERM; its followed log:\n{polite_log[-2000:]}"
+    assert took["polite"] < 20, f"the simulator exits on SIGTERM, yet its deletion (grace 60s) took {took['polite']:.1f}s"
+
+
+# ---------------------------------------------------------------------------------------- 7. no way out
+
+EGRESS_CHECK = """
+import json, socket, sys, threading
+results = {}
+def connect(target):
+    host, port = target.rsplit(":", 1)
+    sock = socket.socket()
+    sock.settimeout(2)
+    try:
+        sock.connect((host, int(port)))
+        results[target] = "connected"
+    except OSError as exc:
+        results[target] = f"{type(exc).__name__}: {exc}"
+    finally:
+        sock.close()
+threads = [threading.Thread(target=connect, args=(t,)) for t in sys.argv[1:]]
+for t in threads: t.start()
+for t in threads: t.join()
+try:
+    results["dns example.com"] = socket.gethostbyname("example.com")
+except OSError as exc:
+    results["dns example.com"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(results))
+"""
+
+
+def _outside_targets() -> list[str]:
+    """Addresses off this machine: documentation and public ones, plus this machine's default
+    gateway and upstream DNS server (which the machine itself may well reach)."""
+    targets = ["192.0.2.1:53", "1.1.1.1:443", "8.8.8.8:53"]
+    try:
+        for line in open("/proc/net/route").read().splitlines()[1:]:  # noqa: SIM115
+            fields = line.split()
+            if fields[1] == "00000000" and fields[2] != "00000000":
+                targets.append(f"{socket.inet_ntoa(int(fields[2], 16).to_bytes(4, 'little'))}:53")
+        for line in open("/etc/resolv.conf").read().splitlines():  # noqa: SIM115
+            if line.startswith("nameserver") and "." in line and not line.split()[1].startswith(("127.", "10.96.")):
+                targets.append(f"{line.split()[1]}:53")
+    except OSError:
+        pass
+    return sorted(set(targets) - {f"{NODE_IP}:53"})
+
+
+def test_pods_reach_the_node_but_nothing_outside_the_machine(testbed, core, ns):
+    core.create_namespaced_pod(ns, bare_pod("client", ["python3", "-c", IDLE]))
+    running_pod(core, ns, "client")
+    outside = _outside_targets()
+    node = f"{NODE_IP}:{KUBELET_PORT}"
+    done = kubectl(testbed, "-n", ns, "exec", "client", "--", "python3", "-c", EGRESS_CHECK, node, *outside)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen[node] == "connected", f"the pod cannot reach the node's kubelet at {node}: {seen[node]}"
+    reached = {t: seen[t] for t in outside if seen[t] == "connected"}
+    assert not reached, f"a pod reached addresses outside the machine: {sorted(reached)} (all results: {seen})"
+    assert not seen["dns example.com"][0].isdigit(), f"a pod resolved example.com to {seen['dns example.com']}: DNS goes out"

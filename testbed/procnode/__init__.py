@@ -1,1 +1,0 @@
-"""procnode: the testbed's process node (a small kubelet running pods as local processes)."""
