@@ -10,7 +10,7 @@
 #  - each image is written to .testbed/images/<name>.tar (OCI archive named as containerd
 #    will look it up), which `ctr images import` and `kind load image-archive` both read.
 #
-#   testbed/images.sh                 build what changed (cold: minutes; warm: seconds)
+#   testbed/images.sh [build]         build what changed (cold: minutes; warm: seconds)
 #   testbed/images.sh import SOCKET   import the archives into containerd (namespace k8s.io),
 #                                     skipping those already there with the same digest
 #
@@ -19,8 +19,9 @@
 # An image is rebuilt when the hash of its inputs changes: its Dockerfile, the files it copies,
 # the base image's id and the build arguments (<name>.inputs beside the archive).
 set -euo pipefail
+# Sourced from up.sh, lib.sh is already there: sourcing it again would restart its clock.
 # shellcheck source=lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+declare -F tb_step >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TB_IMAGES_DIR="$TB_DIR/images"
 TB_BUILDAH="$TB_CACHE/buildah"
@@ -47,23 +48,12 @@ TB_IMAGE_NAMES="pause coredns grinder-sim fillprob-operator"
 TB_WHEEL_PYTHON="3.11"
 TB_WHEEL_GLIBC_MAX=36  # bookworm's glibc 2.36
 
-# Transient files of buildah (layer blobs while committing and pushing) stay under .testbed.
-export TMPDIR="$TB_BUILDAH/tmp"
-
-# bah ARGS...: buildah with the testbed's own storage.
+# bah ARGS...: buildah with the testbed's own storage. Its transient files (layer blobs while
+# committing and pushing) stay under .testbed too; TMPDIR is set for buildah alone, because
+# up.sh sources this file and starts daemons after.
 bah() {
-  buildah --storage-driver vfs --root "$TB_BUILDAH/storage" --runroot "$TB_BUILDAH/run" "$@"
-}
-
-# tb_image_ref NAME: the image ref a pod spec uses for archive NAME.
-tb_image_ref() {
-  case "$1" in
-    pause) echo "$TB_IMG_PAUSE" ;;
-    coredns) echo "$TB_IMG_COREDNS" ;;
-    grinder-sim) echo "$TB_IMG_GRINDER" ;;
-    fillprob-operator) echo "$TB_IMG_OPERATOR" ;;
-    *) return 1 ;;
-  esac
+  mkdir -p "$TB_BUILDAH/tmp"
+  TMPDIR="$TB_BUILDAH/tmp" buildah --storage-driver vfs --root "$TB_BUILDAH/storage" --runroot "$TB_BUILDAH/run" "$@"
 }
 
 # containerd_name REF: the fully qualified name containerd (and the kubelet) turns REF into:
@@ -156,7 +146,7 @@ step_base() {
   local mirror key rootfs stamp="$TB_CACHE/rootfs/base.inputs" id log start
   mirror=$(debian_mirror) ||
     tb_fail "base image" "no apt source for $TB_BASE_SUITE in /etc/apt/sources.list{,.d}; set TB_DEBIAN_MIRROR" ""
-  key=$(printf '%s\n' "$TB_BASE_SUITE" "$TB_BASE_PACKAGES" "$mirror" minbase | sha256sum | cut -c1-16)
+  key=$(printf '%s\n' "$TB_BASE_SUITE" "$TB_BASE_PACKAGES" "$mirror" minbase slim | sha256sum | cut -c1-16)
   rootfs="$TB_CACHE/rootfs/$TB_BASE_SUITE-$key"
   id=$(image_id "$TB_IMG_BASE")
   if [ -n "$id" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key $id" ]; then
@@ -176,13 +166,19 @@ step_base() {
     run_logged debootstrap "$log" '^I: ' \
       debootstrap --variant=minbase --include="$TB_BASE_PACKAGES" "$TB_BASE_SUITE" "$rootfs.tmp" "$mirror" ||
       tb_fail "base image: debootstrap" "debootstrap exited non-zero after $(( $(date +%s) - start ))s" "$log"
-    # What a container runtime provides per container, and apt's downloads.
+    # What a container runtime provides per container, and apt's downloads. Documentation
+    # and translations go as in the slim images (28% of the rootfs); copyright files stay.
     rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/*
     : >"$rootfs.tmp/etc/resolv.conf"
     : >"$rootfs.tmp/etc/hostname"
+    find "$rootfs.tmp/usr/share/doc" -type f ! -name copyright -delete
+    find "$rootfs.tmp/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+    rm -rf "$rootfs.tmp"/usr/share/man/* "$rootfs.tmp"/usr/share/info/*
     rm -rf "$rootfs"
     mv "$rootfs.tmp" "$rootfs"
     touch "$rootfs/.complete"
+    # Root filesystems of earlier inputs (another mirror, package list) are no longer used.
+    find "$TB_CACHE/rootfs" -mindepth 1 -maxdepth 1 -type d ! -name "${rootfs##*/}" -exec rm -rf {} +
     tb_info "rootfs $rootfs ($(du -sh "$rootfs" | cut -f1)) in $(( $(date +%s) - start ))s"
   fi
 
@@ -255,7 +251,7 @@ step_pause_context() {
   dir=$(cd "$TB_SRC/cluster" && go mod download -json k8s.io/kubernetes 2>/dev/null | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') ||
     true
   [ -n "$dir" ] && [ -f "$dir/build/pause/linux/pause.c" ] ||
-    tb_fail "pause image" "k8s.io/kubernetes not in the module cache (go mod download in testbed/cluster failed)" ""
+    tb_fail "pause image" "cannot find k8s.io/kubernetes in the Go module cache (go on PATH? go mod download in testbed/cluster)" ""
   src="$dir/build/pause/linux/pause.c"
   makefile="$dir/build/pause/Makefile"
   tag=$(sed -n 's/^TAG ?= *//p' "$makefile")
@@ -282,6 +278,10 @@ step_coredns_context() {
   case "$v" in "CoreDNS-$TB_COREDNS_TAG"*) ;;
     *) tb_fail "coredns image" "$bin reports '$v', images.sh pins $TB_COREDNS_TAG: update TB_COREDNS_TAG" "" ;;
   esac
+  # The image is FROM scratch: no dynamic loader in it.
+  if readelf -l "$bin" 2>/dev/null | grep -q 'program interpreter'; then
+    tb_fail "coredns image" "$bin is dynamically linked; the image has no libc: build it with CGO_ENABLED=0" ""
+  fi
   mkdir -p "$out"
   if [ ! "$out/coredns" -nt "$bin" ] || ! cmp -s "$bin" "$out/coredns"; then
     cp "$bin" "$out/coredns.tmp"
@@ -319,11 +319,14 @@ build_image() {
   }
   id=$(image_id "$ref")
 
-  rm -f "$archive" "$meta"
+  rm -f "$archive.tmp"
   bah push -q --digestfile "$archive.digest" "$ref" "oci-archive:$archive.tmp:$oci_name" >>"$log" 2>&1 ||
     tb_fail "$name: buildah push" "could not write the OCI archive" "$log"
+  # Without its .inputs an archive is neither reused nor imported: drop it first, write it last.
+  rm -f "$meta"
   mv -f "$archive.tmp" "$archive"
-  printf 'inputs=%s\nref=%s\ndigest=%s\nimage=%s\n' "$key" "$oci_name" "$(cat "$archive.digest")" "$id" >"$meta"
+  printf 'inputs=%s\nref=%s\ndigest=%s\nimage=%s\n' "$key" "$oci_name" "$(cat "$archive.digest")" "$id" >"$meta.tmp"
+  mv -f "$meta.tmp" "$meta"
   rm -f "$archive.digest"
   # Earlier builds of the same tag are now dangling: drop them so vfs storage does not grow.
   bah rmi --prune >/dev/null 2>&1 || true
@@ -332,11 +335,20 @@ build_image() {
   TB_SUMMARY+=("$name|$oci_name|built|${secs}s|$(du -h "$archive" | cut -f1)")
 }
 
+# tb_images_build: one run at a time (make images and up.sh may overlap); the lock is held
+# in a subshell so nothing started later inherits it.
 tb_images_build() {
-  local t0 wheels_flag
-  t0=$(date +%s)
   command -v buildah >/dev/null || tb_fail "images" "buildah not found (apt-get install buildah)" ""
   mkdir -p "$TB_IMAGES_DIR" "$TB_BUILDAH/tmp" "$TB_CACHE/logs" "$TB_CACHE/rootfs" "$TB_IMAGES_CTX"
+  (
+    flock -n 9 || { tb_info "waiting for another testbed/images.sh run to finish"; flock 9; }
+    images_build_locked
+  ) 9>"$TB_CACHE/images.lock"
+}
+
+images_build_locked() {
+  local t0 wheels_flag
+  t0=$(date +%s)
   [ -n "$TB_PROJECT_VERSION" ] || tb_fail "images" "no version = \"...\" in pyproject.toml" ""
 
   step_base
@@ -373,8 +385,9 @@ tb_images_build() {
 tb_images_import() {
   local sock="$1" ctr="${TB_CTR:-$TB_BIN/ctr}" name archive meta ref digest have existing log="$TB_CACHE/logs/ctr-import.log"
   [ -x "$ctr" ] || tb_fail "import images" "$ctr not found: run testbed/build.sh first" ""
-  existing=$("$ctr" -a "$sock" -n k8s.io images ls 2>&1) ||
-    tb_fail "import images" "containerd at $sock does not answer: $existing" ""
+  : >"$log"
+  existing=$("$ctr" -a "$sock" -n k8s.io images ls 2>>"$log") ||
+    tb_fail "import images" "containerd at $sock does not answer" "$log"
   for name in $TB_IMAGE_NAMES; do
     archive="$TB_IMAGES_DIR/$name.tar" meta="$TB_IMAGES_DIR/$name.inputs"
     [ -f "$archive" ] && [ -f "$meta" ] || tb_fail "import images" "$archive missing: run testbed/images.sh" ""

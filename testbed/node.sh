@@ -20,12 +20,19 @@ node_network_up() {
   mkdir -p "$TB_NODE_DIR" "$TB_CNI_CONF" "$TB_CNI_IPAM"
   # Forwarding is needed for pod -> ClusterIP -> pod (DNAT on this machine, back out the same
   # bridge); the value it had is put back by down.sh.
-  echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)" >"$TB_SYSCTL_SAVED"
+  # Bridged traffic must pass iptables (br_netfilter), or a reply from a pod to a pod that
+  # reached it through a ClusterIP skips the reverse NAT. Both values it had are put back.
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter ||
+    { echo "br_netfilter is not loaded and modprobe failed" >&2; return 1; }
+  {
+    echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)"
+    echo "net.bridge.bridge-nf-call-iptables=$(sysctl -n net.bridge.bridge-nf-call-iptables)"
+  } >"$TB_SYSCTL_SAVED"
   ip link add "$TB_BRIDGE" type bridge
   ip addr add "$TB_NODE_IP/${TB_POD_CIDR#*/}" dev "$TB_BRIDGE"
   ip link set "$TB_BRIDGE" up
   ip route add "$TB_SERVICE_CIDR" dev "$TB_BRIDGE" src "$TB_NODE_IP"
-  sysctl -qw net.ipv4.ip_forward=1
+  sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
   # Pods see only this machine and each other: nothing forwarded between the bridge and any
   # other interface. The API server, Prometheus and Alertmanager listen on every address (pods
   # reach them through Services): only loopback and the bridge may open a connection to them.
@@ -197,7 +204,10 @@ node_kill_tasks() {
   sleep 0.5
   for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1; done
   for t in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$t" >/dev/null 2>&1; done
-  tb_info "containerd: killed $n task(s), deleted the containers"
+  # The pod sandboxes too: containerd's metadata is kept in the cache, and a sandbox left in it
+  # would be "recovered" (and fail to) at the next start.
+  for t in $("${ctr[@]}" sandboxes ls 2>/dev/null | awk 'NR > 1 {print $1}'); do "${ctr[@]}" sandboxes rm -f "$t" >/dev/null 2>&1; done
+  tb_info "containerd: killed $n task(s), deleted the containers and pod sandboxes"
 }
 
 # node_pids: processes of ours still alive: our binaries started for this run dir (the runc
@@ -244,7 +254,7 @@ node_network_down() {
   node_iptables_clean iptables
   node_iptables_clean ip6tables
   if [ -f "$TB_SYSCTL_SAVED" ]; then
-    sysctl -qw "$(cat "$TB_SYSCTL_SAVED")" && tb_info "restored $(cat "$TB_SYSCTL_SAVED")"
+    sysctl -qp "$TB_SYSCTL_SAVED" && tb_info "restored $(tr '\n' ' ' <"$TB_SYSCTL_SAVED")"
   fi
 }
 

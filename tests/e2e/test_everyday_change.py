@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import pytest
 from kubernetes import client
+from fillprob_operator.adapters.kubernetes import KUBELET_LOG_FILE_ERROR
 from support import REPO_ROOT, Env, free_port, holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -512,7 +513,7 @@ class LogHider:
             try:
                 for pod in self.env.core.list_namespaced_pod(self.env.namespace, label_selector="app=grinder").items:
                     uid = pod.metadata.uid
-                    if uid in self.hidden or not self.wanted(pod):
+                    if uid in self.hidden or not self.wanted(pod) or not self._running(pod):
                         continue
                     logs = sorted(POD_LOGS_DIR.glob(f"*_{uid}/{self.container}/*.log"))
                     path = logs[-1] if logs else None
@@ -523,6 +524,12 @@ class LogHider:
             except Exception as exc:  # noqa: BLE001 - keep hiding; report at the end
                 self.errors.append(repr(exc))
             time.sleep(0.05)
+
+    def _running(self, pod: client.V1Pod) -> bool:
+        # Before it runs the container's log file exists already, but the API server answers
+        # "waiting to start" without asking the kubelet: hide it once there is a log to read.
+        return any(s.name == self.container and s.state and s.state.running
+                   for s in pod.status.container_statuses or [])
 
     def restore(self) -> None:
         self.stop.set()
@@ -554,15 +561,15 @@ def test_unreadable_pod_log_is_missing_data_not_a_rollback(grinder_env):
         wait_for("a Canary pod's log hidden", lambda: hider.hidden, 30, every=0.1)
         pods = [p for p in env.core.list_namespaced_pod(env.namespace, label_selector="app=grinder").items
                 if p.metadata.uid in hider.hidden]
-        for pod in pods[:1]:  # the sabotage works: reading the log is an error, not "no log yet"
+        for pod in pods[:1]:  # the sabotage works: reading the log fails, it is not "no log yet"
             try:
-                env.core.read_namespaced_pod_log(pod.metadata.name, env.namespace, container="grinder")
-                readable = True
+                text = env.core.read_namespaced_pod_log(pod.metadata.name, env.namespace, container="grinder")
             except client.ApiException as exc:
-                readable = False
                 print(f"pod log read while hidden: {exc.status} {str(exc.body)[:200]}")
                 assert exc.status not in (400, 404), exc
-            assert not readable, "the hidden log was still readable"
+            else:  # a real kubelet answers 200 with its error as the log (the adapter knows it)
+                print(f"pod log read while hidden: {text[:200]!r}")
+                assert KUBELET_LOG_FILE_ERROR.match(text), f"the hidden log was still readable: {text[:300]!r}"
         st = env.wait_status("MetricsAvailable=False (an unreadable log is missing data)",
                              lambda s: condition(s, "MetricsAvailable").get("status") == "False", 40)
         print(f"logs unreadable: state {st['state']}, MetricsAvailable {condition(st, 'MetricsAvailable')}")

@@ -474,6 +474,27 @@ def test_a_log_that_cannot_be_read_is_missing_data_not_a_missing_line(failure, r
     assert (pod.resolution_line, pod.circuit_breaker_lines, pod.log_readable) == (None, (), readable)
 
 
+@pytest.mark.parametrize(
+    "answer, readable",
+    [
+        # What a real kubelet sends (HTTP 200) when the log file is gone or replaced under it.
+        ('failed to try resolving symlinks in path "/var/log/pods/trading_grinder-abc-1_u/grinder/0.log": '
+         "lstat /var/log/pods/trading_grinder-abc-1_u/grinder/0.log: no such file or directory", False),
+        ('failed to tail 200 lines of log file "/var/log/pods/x/grinder/0.log": read /var/log/pods/x/grinder/0.log: '
+         "is a directory", False),
+        ('failed to open log file "/var/log/pods/x/grinder/0.log": open: permission denied\n', False),
+        # A log that merely contains such words is a log.
+        (f'{OK_LINE}\nfailed to open log file "/data/x" (the app said so)\n', True),
+        ("", True),
+    ],
+)
+def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(answer, readable):
+    _, seen = observe(FakeApi(deployment(), [grinder_pod("grinder-abc-1")], {"grinder-abc-1": answer}))
+    (pod,) = seen.new_pods
+    assert pod.log_readable is readable
+    assert pod.resolution_line == (OK_LINE if OK_LINE in answer else None)
+
+
 def test_resolution_line_is_cached_but_an_unreadable_tail_still_counts():
     api = FakeApi(deployment(), [grinder_pod("grinder-abc-1"), grinder_pod("grinder-abc-2")],
                   {"grinder-abc-1": f"boot\n{OK_LINE}\nFILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3\n",

@@ -47,6 +47,13 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH = "pod-template-hash"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PREFLIGHT_CONTAINER = "preflight"
+# What the kubelet sends as the log (HTTP 200) when it cannot read the container's log file:
+# k8s.io/cri-client pkg/logs ReadLogs' errors, e.g. `failed to try resolving symlinks in path
+# "/var/log/pods/..."`, `failed to open log file "..."`.
+KUBELET_LOG_FILE_ERROR = re.compile(
+    r'failed to (try resolving symlinks in path|open log file|tail \d+ lines of log file|'
+    r'seek -?\d+ in log file|read log file|reset seek in log file) "'
+)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fillprob-operator"}
 
 STARTUP_TOKENS = (
@@ -629,7 +636,9 @@ class KubernetesAdapter:
         """The log text; "" when there is none yet (container waiting, pod gone: 400/404).
 
         Other failures raise when `strict`; otherwise they return None: a pod log that cannot
-        be read is missing data, never "the line is not there" (API.md, Everyday change).
+        be read is missing data, never "the line is not there" (API.md, Everyday change). That
+        includes a kubelet that cannot read the container's log file (rotated or removed under
+        it): the API answers 200 with the kubelet's error as the whole text.
         """
         try:
             text = await self._call(
@@ -643,7 +652,13 @@ class KubernetesAdapter:
                 raise KubernetesError(f"read log {namespace}/{pod}: {exc}") from exc
             logger.warning("event=pod_log_unreadable namespace=%s pod=%s error=%r", namespace, pod, str(exc))
             return None
-        return text.decode(errors="replace") if isinstance(text, bytes) else str(text or "")
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text or "")
+        if KUBELET_LOG_FILE_ERROR.match(text) and "\n" not in text.strip():
+            if strict:
+                raise KubernetesError(f"read log {namespace}/{pod}: the kubelet answered {text.strip()!r}")
+            logger.warning("event=pod_log_unreadable namespace=%s pod=%s error=%r", namespace, pod, text.strip())
+            return None
+        return text
 
     async def _pod_startup(self, namespace: str, pod: Mapping[str, Any], container: str) -> PodStartup:
         name = _meta(pod)["name"]
