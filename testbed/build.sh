@@ -195,10 +195,14 @@ step_links() {
   hv=$("$TB_BIN/helm" version --short 2>&1) || tb_fail "check binary" "$TB_BIN/helm version failed: $hv" ""
   want=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
   case "$hv" in "$want"*) ;; *) tb_fail "check binary" "helm reports '$hv', expected $want (testbed/helm/go.mod)" "" ;; esac
-  local cdv rcv
-  cdv=$("$TB_BIN/containerd" --version 2>&1 | awk '{print $3}')
-  rcv=$("$TB_BIN/runc" --version 2>&1 | head -1)
-  "$TB_BIN/runc" --version 2>&1 | grep -q '^libseccomp:' || tb_fail "check binary" "runc was built without seccomp: $rcv" ""
+  local cdv rv rcv
+  cdv=$("$TB_BIN/containerd" --version 2>&1) || tb_fail "check binary" "containerd --version failed: $cdv" ""
+  cdv=$(awk '{print $3}' <<<"$cdv")
+  # Whole outputs into variables: `| head -1` would SIGPIPE the writer and, with pipefail, stop
+  # this script without a word.
+  rv=$("$TB_BIN/runc" --version 2>&1) || tb_fail "check binary" "runc --version failed: $rv" ""
+  rcv=${rv%%$'\n'*}
+  case "$rv" in *$'\n'libseccomp:*) ;; *) tb_fail "check binary" "runc was built without seccomp: $rv" "" ;; esac
   tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}, helm ${hv%%+*}, containerd $cdv, $rcv, coredns"
 }
 

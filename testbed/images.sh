@@ -274,12 +274,15 @@ step_pause_context() {
 step_coredns_context() {
   local bin="${TB_COREDNS_BIN:-$TB_BIN/coredns}" out="$TB_IMAGES_CTX/coredns" v
   [ -x "$bin" ] || tb_fail "coredns image" "$bin not found: run testbed/build.sh first (builds testbed/coredns)" ""
-  v=$("$bin" -version 2>&1 | head -1)
+  v=$("$bin" -version 2>&1) || true
+  v=${v%%$'\n'*}  # the first line (no `| head -1`: a SIGPIPE'd writer fails the pipeline)
   case "$v" in "CoreDNS-$TB_COREDNS_TAG"*) ;;
     *) tb_fail "coredns image" "$bin reports '$v', images.sh pins $TB_COREDNS_TAG: update TB_COREDNS_TAG" "" ;;
   esac
-  # The image is FROM scratch: no dynamic loader in it.
-  if readelf -l "$bin" 2>/dev/null | grep -q 'program interpreter'; then
+  # The image is FROM scratch: no dynamic loader in it. (No `| grep -q`: an early exit can
+  # SIGPIPE readelf and, under pipefail, hide the match.)
+  v=$(readelf -l "$bin" 2>/dev/null) || true
+  if [[ "$v" == *"program interpreter"* ]]; then
     tb_fail "coredns image" "$bin is dynamically linked; the image has no libc: build it with CGO_ENABLED=0" ""
   fi
   mkdir -p "$out"
