@@ -34,8 +34,9 @@ RUN set --; if [ -n "$PIP_OFFLINE" ]; then set -- --no-index --find-links /wheel
 
 # ---------------------------------------------------------------- the image
 FROM ${BASE}
-ARG VERSION=0.0.0
-ARG SOURCE=https://source.example.invalid/fillprob-operator
+# The project version (pyproject.toml, the chart's appVersion; tests/unit/test_images.py keeps them equal).
+ARG VERSION=0.1.0
+ARG SOURCE=""
 LABEL org.opencontainers.image.title="fillprob-operator" \
       org.opencontainers.image.description="Kubernetes operator that walks grinder's fill-probability rollout ceremony (runbook 32)" \
       org.opencontainers.image.version="${VERSION}" \
