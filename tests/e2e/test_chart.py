@@ -57,6 +57,8 @@ def test_chart_operator_walks_to_canary_with_only_its_rbac(release: ChartRelease
     assert facts["tmp_write"] == "ok", probe
     assert facts["token_file"] == "ok", probe
     assert facts["cap_eff"] == "0000000000000000", probe
+    # What an SRE does to look at it: kubectl port-forward to its metrics port.
+    assert "fillprob_rollout" in release.get_through_port_forward(8080, "/metrics")
 
     env = release.env()
     env.apply_grinder()

@@ -213,11 +213,10 @@ def test_operator_env_probes_and_ports(default_docs):
     deployment = one(default_docs, "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
-    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    # Every listener on the pod IP (each pod has its own IP; nothing on 0.0.0.0).
-    assert env["FILLPROB_METRICS_ADDR"] == "$(POD_IP):8080"
-    assert env["FILLPROB_WEBHOOK_ADDR"] == "$(POD_IP):8082"
-    assert env["FILLPROB_LIVENESS_ENDPOINT"] == "http://$(POD_IP):8081/healthz"
+    assert "POD_IP" not in env  # listeners bind 0.0.0.0 (port-forward connects to the pod's loopback)
+    assert env["FILLPROB_METRICS_ADDR"] == "0.0.0.0:8080"
+    assert env["FILLPROB_WEBHOOK_ADDR"] == "0.0.0.0:8082"
+    assert env["FILLPROB_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8081/healthz"
     assert env["FILLPROB_PROMETHEUS_URL"].startswith("http")
     assert env["FILLPROB_NAMESPACES"] == ""
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
