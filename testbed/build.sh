@@ -69,11 +69,12 @@ step_apt() {
 }
 
 # ---------------------------------------------------------------- Go binaries
-# fresh BINARY SRC_DIR: the binary is newer than the module's go.mod, go.sum and main.go (when present).
+# fresh BINARY SRC_DIR: the binary is newer than the module's go.mod, go.sum, its .go files and
+# overlays (when present).
 fresh() {
   local bin="$1" dir="$2" f
   [ -x "$bin" ] || return 1
-  for f in "$dir/go.mod" "$dir/go.sum" "$dir/main.go"; do
+  for f in "$dir/go.mod" "$dir/go.sum" "$dir"/*.go "$dir"/*.overlay; do
     [ -e "$f" ] || continue
     [ "$bin" -nt "$f" ] || return 1
   done
@@ -160,23 +161,63 @@ build_go() {
   tb_info "built $out ($(du -h "$out" | cut -f1)) in $(( $(date +%s) - start ))s"
 }
 
-step_go() {
-  build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 5-10
-  build_go prometheus "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 3-6
-  # promtool of the same release: the dashboard and rule tests parse PromQL with it.
-  build_go promtool "$PROMETHEUS_SRC" github.com/prometheus/prometheus/cmd/promtool "$TB_BIN/promtool" "$(prometheus_ldflags)" 1-2
-  build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
-  local cv rv
-  cv=$(go_mod_version "$NODE_SRC" github.com/containerd/containerd/v2)
+# prometheus_modfile: a go.mod for testbed/prometheus whose Prometheus is a copy of the module
+# with plugins/plugins.go swapped for testbed/prometheus/plugins.go.overlay (kubernetes service
+# discovery only), so a cold build does not compile every cloud provider's SDK. (`go build
+# -overlay` may not replace files in the module cache, hence the copy.) Prints its path.
+prometheus_modfile() {
+  local dir src="$TB_CACHE/prometheus-src" mod="$TB_CACHE/prometheus.go.mod"
+  dir=$(cd "$PROMETHEUS_SRC" && go mod download -json github.com/prometheus/prometheus | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') &&
+    [ -n "$dir" ] || return 1
+  rm -rf "$src"
+  cp -r "$dir" "$src" && chmod -R u+w "$src" && cp "$PROMETHEUS_SRC/plugins.go.overlay" "$src/plugins/plugins.go" || return 1
+  { cat "$PROMETHEUS_SRC/go.mod"; echo "replace github.com/prometheus/prometheus => $src"; } >"$mod"
+  cp "$PROMETHEUS_SRC/go.sum" "${mod%.mod}.sum"
+  echo "$mod"
+}
+
+# Two lanes side by side: on 2 cores one compiles while the other downloads modules or links
+# (single-threaded), which a sequence of builds leaves idle. Each lane stops at its first
+# failure (tb_fail has printed why); the step fails when either did.
+lane_cluster() {
+  build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 6-11
+  local rv
   rv=$(go_mod_version "$NODE_SRC" github.com/opencontainers/runc)
+  build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
+}
+
+lane_tools() {
+  local modfile=""
+  if ! fresh "$TB_BIN/prometheus" "$PROMETHEUS_SRC" || ! fresh "$TB_BIN/promtool" "$PROMETHEUS_SRC"; then
+    modfile=$(prometheus_modfile) || tb_fail "prometheus" "could not download or copy github.com/prometheus/prometheus" ""
+  fi
+  GOFLAGS="$GOFLAGS -modfile=$modfile" build_go prometheus "$PROMETHEUS_SRC" \
+    github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 2-4
+  # promtool of the same release: the dashboard and rule tests parse PromQL with it.
+  GOFLAGS="$GOFLAGS -modfile=$modfile" build_go promtool "$PROMETHEUS_SRC" \
+    github.com/prometheus/prometheus/cmd/promtool "$TB_BIN/promtool" "$(prometheus_ldflags)" 1-2
+  build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
+  local cv
+  cv=$(go_mod_version "$NODE_SRC" github.com/containerd/containerd/v2)
   build_go containerd "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd "$TB_BIN/containerd" \
     "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 4-6
   build_go containerd-shim "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
     "$TB_BIN/containerd-shim-runc-v2" "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
   build_go ctr "$NODE_SRC" github.com/containerd/containerd/v2/cmd/ctr "$TB_BIN/ctr" \
     "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
-  build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
   build_go coredns "$COREDNS_SRC" . "$TB_BIN/coredns" "-s -w" 2-3 static
+}
+
+step_go() {
+  check_go
+  local a b rc=0
+  lane_cluster &
+  a=$!
+  lane_tools &
+  b=$!
+  wait $a || rc=1
+  wait $b || rc=1
+  [ $rc = 0 ] || exit 1
 }
 
 step_links() {
@@ -206,7 +247,21 @@ step_links() {
   tb_step "binaries ready in $TB_BIN: $COMMANDS ($v), ${pv%% (*}, helm ${hv%%+*}, containerd $cdv, $rcv, coredns"
 }
 
+# The images' downloads (debootstrap, wheels) run beside the Go builds; testbed/images.sh
+# builds the images themselves after (up.sh, make images) and waits for this on its lock.
+step_images_prefetch() {
+  PREFETCH_LOG="$TB_CACHE/logs/images-prefetch.log"
+  bash "$TB_SRC/images.sh" prefetch >"$PREFETCH_LOG" 2>&1 &
+  PREFETCH_PID=$!
+}
+
 step_apt
+step_images_prefetch
 step_go
 step_links
+if wait "$PREFETCH_PID"; then
+  tb_step "image downloads: $(grep -h -e 'reused' -e 'in [0-9]*s' "$PREFETCH_LOG" | sed 's/^ *//; s/^==> \[[0-9]*s\] //' | tr '\n' ';' | sed 's/;$//')"
+else
+  tb_fail "image downloads (testbed/images.sh prefetch)" "debootstrap or pip download failed" "$PREFETCH_LOG"
+fi
 tb_step "build done in $(tb_elapsed)"

@@ -349,6 +349,19 @@ tb_images_build() {
   ) 9>"$TB_CACHE/images.lock"
 }
 
+# tb_images_prefetch: only the downloads (the base rootfs by debootstrap, the operator's
+# wheels), under the same lock: testbed/build.sh runs it beside the Go builds on a cold
+# machine, so the network waits overlap the compiles.
+tb_images_prefetch() {
+  command -v buildah >/dev/null || tb_fail "images" "buildah not found (apt-get install buildah)" ""
+  mkdir -p "$TB_IMAGES_DIR" "$TB_BUILDAH/tmp" "$TB_CACHE/logs" "$TB_CACHE/rootfs" "$TB_IMAGES_CTX"
+  (
+    flock 9
+    step_base
+    step_wheels
+  ) 9>"$TB_CACHE/images.lock"
+}
+
 images_build_locked() {
   local t0 wheels_flag
   t0=$(date +%s)
@@ -413,11 +426,12 @@ tb_images_import() {
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-build}" in
     build) tb_images_build ;;
+    prefetch) tb_images_prefetch ;;
     import)
       [ $# -eq 2 ] || { echo "usage: $0 import SOCKET" >&2; exit 2; }
       tb_step "importing images into containerd at $2 (namespace k8s.io)"
       tb_images_import "$2"
       ;;
-    *) echo "usage: $0 [build | import SOCKET]" >&2; exit 2 ;;
+    *) echo "usage: $0 [build | prefetch | import SOCKET]" >&2; exit 2 ;;
   esac
 fi
