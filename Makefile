@@ -73,12 +73,12 @@ run: venv ## run the operator against the current KUBECONFIG (FILLPROB_NAMESPACE
 chart-crds: ## copy crds/ into the chart (CI fails when they differ)
 	./scripts/sync-chart-crds.sh
 
-# The README's first command. From a fresh machine: venv, testbed build (first time ~10-15 min,
-# later a cache check), testbed up, then scripts/demo.py (a few minutes): the operator installed
+# The README's first command. From a fresh machine: venv, testbed build (first time ~26 min,
+# later a cache check), images, testbed up, then scripts/demo.py (a few minutes): the operator installed
 # with helm walks the example grinder up to AutoThreshold, a CB trip is rolled back (R3).
 # Re-running cleans the demo namespace first; the testbed stays up (make testbed-down).
 demo: venv ## install the operator on the testbed, walk a grinder to AutoThreshold, trip the CB, watch R3
 	@if [ ! -x .testbed/cache/bin/kube-apiserver ] || [ ! -x .testbed/cache/bin/helm ]; then \
-	  echo "demo: building the testbed first (cold build: ~10-15 min on 2 cores; progress below)"; fi
+	  echo "demo: building the testbed first (cold build: ~26 min on 2 cores, then the images; progress below)"; fi
 	@$(MAKE) --no-print-directory testbed-build testbed-up
 	$(PY) scripts/demo.py
