@@ -1,7 +1,7 @@
 """Ask a DNS server for a name's A records and print them, one per line (stdlib only).
 
 Usage: python3 dnsquery.py SERVER NAME. up.sh uses it to know CoreDNS answers through its
-Service; the e2e tests use it from inside pods. Exit 1 when there is no answer.
+Service (this machine's own resolver is not the cluster's). Exit 1 when there is no answer.
 """
 
 from __future__ import annotations

@@ -18,11 +18,10 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 
 from kubernetes import client
-from support import GROUP, PLURAL, REPO_ROOT, VERSION, Env, free_port, wait_for
+from support import GROUP, PLURAL, REPO_ROOT, VERSION, Env, get_through_port_forward, wait_for
 
 CHART = REPO_ROOT / "charts" / "fillprob-operator"
 TESTBED_BIN = REPO_ROOT / ".testbed" / "cache" / "bin"
@@ -179,22 +178,8 @@ class ChartRelease:
         return proc.stdout
 
     def get_through_port_forward(self, port: int, path: str) -> str:
-        """GET http://127.0.0.1:<local>/<path> through `kubectl port-forward` to the pod's port."""
-        local = free_port()
-        forward = subprocess.Popen(  # noqa: S603
-            [tool("kubectl"), "-n", self.namespace, "port-forward", "--address", "127.0.0.1",
-             f"pod/{self.pod().metadata.name}", f"{local}:{port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            def get() -> str | None:
-                with urllib.request.urlopen(f"http://127.0.0.1:{local}{path}", timeout=5) as resp:  # noqa: S310
-                    return resp.read().decode()
-
-            return wait_for(f"GET {path} through kubectl port-forward", get, 30)
-        finally:
-            forward.terminate()
-            forward.wait(10)
+        """GET <path> on the operator pod's <port> through `kubectl port-forward`."""
+        return get_through_port_forward([tool("kubectl")], self.namespace, self.pod().metadata.name, port, path)
 
     def serviceaccount_token(self) -> str:
         """The token the operator's process authenticates with, read inside its container."""

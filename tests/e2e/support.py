@@ -68,6 +68,34 @@ def holds_for(seconds: float, predicate: Callable[[], Any], what: str, every: fl
         time.sleep(every)
 
 
+def get_through_port_forward(kubectl: list[str], namespace: str, pod: str, port: int, path: str) -> str:
+    """GET http://127.0.0.1:<local><path> through `kubectl port-forward pod/<pod> <local>:<port>`
+    (`kubectl`: the command and its --kubeconfig). Fails with kubectl's own output when the
+    forward does not carry the request."""
+    local = free_port()
+    forward = subprocess.Popen(  # noqa: S603
+        [*kubectl, "-n", namespace, "port-forward", "--address", "127.0.0.1", f"pod/{pod}", f"{local}:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def get() -> str | None:
+        if forward.poll() is not None:
+            return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}{path}", timeout=5) as resp:  # noqa: S310
+            return resp.read().decode()
+
+    try:
+        return wait_for(f"GET {path} through kubectl port-forward on 127.0.0.1:{local}", get, 30)
+    except AssertionError as exc:
+        forward.terminate()
+        out, err = forward.communicate(timeout=10)
+        raise AssertionError(f"{exc}\nkubectl port-forward (exit {forward.returncode}):\n{out}{err}") from None
+    finally:
+        if forward.poll() is None:
+            forward.terminate()
+            forward.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

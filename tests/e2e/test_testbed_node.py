@@ -29,7 +29,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from support import EXAMPLES, free_port, wait_for
+from support import EXAMPLES, get_through_port_forward, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -403,25 +403,9 @@ def test_kubectl_port_forward_reaches_the_pod_port(testbed, core, k8s_api, ns):
     apps.create_namespaced_deployment(ns, grinder_deployment("grinder", env={"POD_IP": "0.0.0.0"}))
     wait_available(apps, core, ns, "grinder")
     [pod] = live_pods(core, ns, "grinder")
-    port = free_port()
-    forward = subprocess.Popen(  # noqa: S603
-        [testbed.kubectl, "--kubeconfig", testbed.kubeconfig, "-n", ns, "port-forward", "--address", "127.0.0.1",
-         f"pod/{pod.metadata.name}", f"{port}:9090"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        try:
-            metrics = wait_for(f"/metrics through kubectl port-forward on 127.0.0.1:{port}",
-                               lambda: forward.poll() is None and http_get(f"http://127.0.0.1:{port}/metrics"), timeout=30)  # fmt: skip
-        except AssertionError as exc:
-            forward.terminate()
-            out, err = forward.communicate(timeout=10)
-            raise AssertionError(f"{exc}\nkubectl port-forward (exit {forward.returncode}):\n{out}{err}") from None
-        assert "grinder_router_orders_total" in metrics, metrics[:1000]
-    finally:
-        if forward.poll() is None:
-            forward.terminate()
-            forward.wait(10)
+    metrics = get_through_port_forward([testbed.kubectl, "--kubeconfig", testbed.kubeconfig], ns, pod.metadata.name,
+                                       9090, "/metrics")
+    assert "grinder_router_orders_total" in metrics, metrics[:1000]
 
 
 # ---------------------------------------------------------------------------------------- 6. restarts, probes, grace
