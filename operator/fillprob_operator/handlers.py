@@ -9,8 +9,10 @@
   its namespace ever waits for the operator (it may be uninstalled); a `DELETED` watch event
   stops the rollout's daemon instead;
 - update handlers for `spec` and the `grinder.io/rollback` annotation only wake the daemon;
-- the Alertmanager webhook receiver (FILLPROB_WEBHOOK_ADDR) queues alert rollbacks in the
-  rollout's inbox and wakes its daemon;
+- the Alertmanager webhook receiver (FILLPROB_WEBHOOK_ADDR) stores each accepted alert on the
+  rollout (an `alert.grinder.io/` annotation) before it answers, on every replica, active or
+  standby, from the moment startup serves it; the watch event of that write wakes the daemon
+  on the active replica, and the daemon's tick takes the alert and removes the annotation;
 - cleanup: close what startup opened.
 """
 
@@ -24,17 +26,25 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from kopf._cogs.structs.references import match_namespace
 
 from .adapters.clock import SystemClock
 from .adapters.executor import Executor
-from .adapters.kubernetes import GROUP, PLURAL, ROLLBACK_ANNOTATION, VERSION, KubernetesError, build_adapter
+from .adapters.kubernetes import (
+    GROUP,
+    PLURAL,
+    ROLLBACK_ANNOTATION,
+    VERSION,
+    KubernetesError,
+    build_adapter,
+    is_alert_annotation,
+)
 from .adapters.prometheus import PrometheusGateway, connect_prometheus
 from .metrics import OperatorMetrics
 from .reconciler import (
     DEFAULT_INTERVAL_SECONDS,
     DomainPort,
     Reconciler,
-    RollbackInbox,
     Wakeups,
     kv,
 )
@@ -50,12 +60,29 @@ FINALIZER = "grinder.io/finalizer"
 STORAGE_PREFIX = "grinder.io"
 
 
+class DiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled configuration without the stored alerts.
+
+    kopf tracks every annotation in it and patches it whenever one changes: each stored or
+    removed alert would cost a second write and copy the alert into that annotation too.
+    Alerts are no spec change; the rollout's daemon reads them itself.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        annotations = (essence.get("metadata") or {}).get("annotations") or {}
+        for annotation in [a for a in annotations if is_alert_annotation(a)]:
+            del annotations[annotation]
+        self.remove_empty_stanzas(essence)
+        return essence
+
+
 def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.persistence.finalizer = FINALIZER
     # Handler progress and the last-handled spec in annotations under grinder.io, so that
     # `status` holds only the rollout's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DiffBaseStorage(
         prefix=STORAGE_PREFIX, key="last-handled-configuration"
     )
     # Transitions are posted as Events by the executor; kopf posts only its own troubles.
@@ -98,14 +125,14 @@ def build_runtime(
     )
     memo.executor = Executor(memo.kube, memo.metrics, clock)
     memo.wakeups = Wakeups()
-    # The seam for alert-driven rollback: the Alertmanager receiver puts RollbackRequests
-    # here, per (namespace, name); the daemon drains them into `decide()`.
-    memo.rollback_inbox = RollbackInbox(wake=memo.wakeups.wake)
-    # (namespace, name) of the rollouts whose daemon runs here: the webhook accepts only those.
+    # (namespace, name) of the rollouts whose daemon runs here: the webhook wakes those after
+    # storing an alert (it accepts alerts for any rollout, see `submit_rollback`).
     memo.rollouts = set()
     # (namespace, name) -> uid of the rollout whose daemon owns that name's shared state here
-    # (wakeup, inbox, metrics): a daemon of a deleted rollout never drops its successor's.
+    # (wakeup, metrics): a daemon of a deleted rollout never drops its successor's.
     memo.owners = {}
+    # uid -> the alert annotations the last watch event showed: a new one wakes the daemon.
+    memo.alert_annotations = {}
     # uids of the rollouts whose daemon runs here, and of those of them the watch reported
     # DELETED (their daemon exits at once).
     memo.running = set()
@@ -117,7 +144,6 @@ def build_runtime(
         metrics=memo.metrics,
         clock=clock,
         domain=domain or DomainPort.load(),
-        inbox=memo.rollback_inbox,
         default_prometheus_url=config.prometheus_url,
     )
 
@@ -142,11 +168,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ))
 
 
-def submit_rollback(memo: Any, request: Any, namespace: str, name: str) -> bool:
-    """The webhook's `submit`: queue for a rollout this operator runs; False for any other."""
-    if (namespace, name) not in memo.rollouts:
+def watched(config: Settings, namespace: str) -> bool:
+    """The namespace is one this operator watches (FILLPROB_NAMESPACES, kopf's own matching)."""
+    return not config.namespaces or any(match_namespace(namespace, p) for p in config.namespaces)
+
+
+async def submit_rollback(memo: Any, request: Any, namespace: str, name: str) -> bool:
+    """The webhook's `submit`: store the alert on the rollout (API.md, "Alert intake is durable").
+
+    Any replica, active or standby, accepts: the annotation outlives this process, and the
+    replica that runs the rollout's daemon takes it. False (rejected) only for a rollout that
+    does not exist or a namespace not watched; a failed write raises (the receiver answers 503).
+    """
+    if not watched(memo.config, namespace):
         return False
-    memo.rollback_inbox.put(namespace, name, request)
+    if not await memo.kube.store_rollback_request(namespace, name, request):
+        return False
+    # The write's watch event wakes the daemon wherever it runs; here, at once.
+    if (namespace, name) in memo.rollouts:
+        memo.wakeups.wake(namespace, name)
     return True
 
 
@@ -190,15 +230,32 @@ async def wait_for_next_tick(stopped: Any, wake: asyncio.Event, timeout: float) 
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def rollout_event(type: str | None, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """The watch said the rollout is gone: stop its daemon now.
+async def rollout_event(
+    type: str | None, namespace: str, name: str, uid: str, memo: kopf.Memo, body: Any = None, **_: Any
+) -> None:
+    """The watch said the rollout is gone: stop its daemon now. A new stored alert: act now.
 
     Without a finalizer kopf does not stop a daemon when its object disappears (it stops them
     on `deletionTimestamp`, which an object without finalizers never shows): this does.
+    An alert annotation that was not there in the last event wakes the daemon (the receiver may
+    run on another replica); one still there does not, so that a status write while an alert
+    waits (suspended) is no hot loop: a removal that failed is retried at the next interval.
     """
-    if type == "DELETED" and uid in memo.get("running", ()):
-        memo.deleted.add(uid)
+    seen = memo.setdefault("alert_annotations", {})
+    if type == "DELETED":
+        seen.pop(uid, None)
+        if uid in memo.get("running", ()):
+            memo.deleted.add(uid)
+            memo.wakeups.wake(namespace, name)
+        return
+    annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+    alerts = frozenset(a for a in annotations if is_alert_annotation(a))
+    if alerts - seen.get(uid, frozenset()):
         memo.wakeups.wake(namespace, name)
+    if alerts:
+        seen[uid] = alerts
+    else:
+        seen.pop(uid, None)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
@@ -236,12 +293,11 @@ async def rollout(
         # shared state is not this daemon's to drop.
         if memo.owners.get(key) == uid:
             del memo.owners[key]
-            # Stopped for any reason (deleted, a peering pause, exiting): no more alerts for it here.
+            # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here.
             memo.rollouts.discard(key)
             if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
                 memo.metrics.forget(namespace, name)
                 memo.wakeups.drop(namespace, name)
-                memo.rollback_inbox.drop(namespace, name)
 
 
 def release_finalizers(registry: kopf.OperatorRegistry) -> list[str]:

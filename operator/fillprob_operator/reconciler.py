@@ -3,7 +3,8 @@
 This is the services layer between the kopf handlers and the adapters. Each tick re-reads
 the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus), hands it to
 the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
-memory: a restarted operator resumes from `status`.
+memory: a restarted operator resumes from `status`, and alerts the receiver accepted wait on
+the rollout itself (`alert.grinder.io/` annotations) until a tick has taken them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from .adapters.clock import Clock
 from .adapters.executor import ExecutionContext, Executor
-from .adapters.kubernetes import ROLLBACK_ANNOTATION, ROLLBACK_REASON_ANNOTATION
+from .adapters.kubernetes import (
+    ROLLBACK_ANNOTATION,
+    ROLLBACK_REASON_ANNOTATION,
+    KubernetesError,
+    alert_annotation_name,
+    decode_rollback_request,
+    is_alert_annotation,
+)
 from .adapters.prometheus import Matcher
 from .api import RolloutStatus, status_from_dict
 from .domain.actions import EmitEvent
@@ -33,6 +41,9 @@ DEFAULT_INTERVAL_SECONDS = 30.0
 INVALID_SPEC = "InvalidSpec"
 # States in which the gates run (guarding never ends: a Passed step is still watched).
 GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
+# Stored alerts one tick hands to decide(): a flood is taken in bounded bites, oldest first
+# (the domain records each in history and status.requestKeys, both bounded to 100).
+ALERTS_PER_TICK = 50
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -122,38 +133,45 @@ def rollback_request_from_annotation(body: Mapping[str, Any]) -> RollbackRequest
     )
 
 
-class RollbackInbox:
-    """Rollbacks asked for from outside the rollout's own body (the Alertmanager webhook).
+@dataclass(frozen=True)
+class StoredAlerts:
+    """The alert annotations on a FillProbRollout, as one tick takes them."""
 
-    Held until a tick has handed them to `decide()` and executed the result; the domain
-    dedupes by `key` against history, so a request seen twice is applied once.
-    """
+    # At most ALERTS_PER_TICK, oldest `startsAt` first; the rest wait for the next tick.
+    requests: tuple[RollbackRequest, ...] = ()
+    # (annotation name, why) of values that are not a stored alert: removed, never taken.
+    unreadable: tuple[tuple[str, str], ...] = ()
+    waiting: int = 0
 
-    def __init__(self, wake: Callable[[str, str], None] | None = None) -> None:
-        self._queues: dict[tuple[str, str], list[RollbackRequest]] = {}
-        self._wake = wake
 
-    def put(self, namespace: str, name: str, request: RollbackRequest) -> None:
-        queue = self._queues.setdefault((namespace, name), [])
-        if all(r.key != request.key or not request.key for r in queue):
-            queue.append(request)
-        if self._wake is not None:
-            self._wake(namespace, name)
+def alert_requests_from_annotations(body: Mapping[str, Any]) -> StoredAlerts:
+    """The alerts the Alertmanager receiver stored on the rollout (API.md, "Alert intake is
+    durable"). A value that does not read back is reported, never raised: a hand-written or
+    hostile annotation must not stop the tick that guards the rollout."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    readable: list[RollbackRequest] = []
+    unreadable: list[tuple[str, str]] = []
+    for name in sorted(a for a in annotations if is_alert_annotation(a)):
+        try:
+            readable.append(decode_rollback_request(name, annotations[name]))
+        except ValueError as exc:
+            unreadable.append((name, str(exc)))
+    readable.sort(key=lambda r: (str(r.evidence.get("startsAt", "")), r.key))
+    return StoredAlerts(
+        requests=tuple(readable[:ALERTS_PER_TICK]),
+        unreadable=tuple(unreadable),
+        waiting=max(0, len(readable) - ALERTS_PER_TICK),
+    )
 
-    def pending(self, namespace: str, name: str) -> tuple[RollbackRequest, ...]:
-        return tuple(self._queues.get((namespace, name), ()))
 
-    def ack(self, namespace: str, name: str, done: Iterable[RollbackRequest]) -> None:
-        queue = self._queues.get((namespace, name))
-        if queue is None:
-            return
-        done_ids = {id(r) for r in done}
-        queue[:] = [r for r in queue if id(r) not in done_ids]
-        if not queue:
-            del self._queues[(namespace, name)]
-
-    def drop(self, namespace: str, name: str) -> None:
-        self._queues.pop((namespace, name), None)
+def taken_request_keys(status: Mapping[str, Any]) -> set[str]:
+    """The request keys the domain has taken: in history (evidence.requestKey) or in
+    status.requestKeys, which keeps them after history has rolled over (domain/outside.py)."""
+    keys = {(entry.get("evidence") or {}).get("requestKey") for entry in status.get("history") or ()}
+    keys.update(status.get("requestKeys") or ())
+    keys.discard(None)
+    keys.discard("")
+    return keys
 
 
 class Wakeups:
@@ -218,7 +236,6 @@ class Reconciler:
         metrics: OperatorMetrics,
         clock: Clock,
         domain: DomainPort,
-        inbox: RollbackInbox,
         default_prometheus_url: str,
     ) -> None:
         self.kube = kube
@@ -227,7 +244,6 @@ class Reconciler:
         self.metrics = metrics
         self.clock = clock
         self.domain = domain
-        self.inbox = inbox
         self.default_prometheus_url = default_prometheus_url
         # Per rollout: when the gates last looked at its Prometheus data and found no no-go
         # (for fillprob_rollout_detection_seconds; lost on restart, which only loosens it).
@@ -291,12 +307,18 @@ class Reconciler:
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
         annotation_request = rollback_request_from_annotation(body)
         annotation_value = (meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION)
-        queued = self.inbox.pending(namespace, name)
+        alerts = alert_requests_from_annotations(body)
+        for annotation, why in alerts.unreadable:
+            logger.warning(kv("alert_annotation_unreadable", namespace=namespace, name=name,
+                              annotation=annotation, error=why, action="removed"))
+        if alerts.waiting:
+            logger.info(kv("alerts_waiting", namespace=namespace, name=name, taken=len(alerts.requests),
+                           waiting=alerts.waiting))
         observations = Observations(
             deployment=deployment,
             metrics=metrics,
             preflight=preflight,
-            rollback_requests=((annotation_request,) if annotation_request else ()) + queued,
+            rollback_requests=((annotation_request,) if annotation_request else ()) + alerts.requests,
             spec_error=spec_error,
         )
 
@@ -325,13 +347,13 @@ class Reconciler:
             ),
             decision,
         )
-        # Ack only what decide() took into history: a request that arrived on a tick where
-        # the domain did not look at it (suspended, Deployment missing) stays queued.
-        consumed = {
-            (entry.get("evidence") or {}).get("requestKey")
-            for entry in (result.status.get("history") or [])
-        }
-        self.inbox.ack(namespace, name, tuple(q for q in queued if q.key in consumed))
+        # Only now, with the status that records them written: remove the stored alerts that
+        # decide() took. One it did not look at (suspended, Deployment missing) stays.
+        taken = taken_request_keys(result.status)
+        await self._remove_alerts(namespace, name, [
+            *(alert_annotation_name(r.key) for r in alerts.requests if r.key in taken),
+            *(annotation for annotation, _ in alerts.unreadable),
+        ])
 
         new = result.status
         gate_result = self._gate_result(raw_status, new, result.rollback, metrics.available)
@@ -349,6 +371,17 @@ class Reconciler:
         )
         self._log_transition(namespace, name, raw_status, new, result)
         return TickOutcome(interval, phase=phase, state=state)
+
+    async def _remove_alerts(self, namespace: str, name: str, annotations: list[str]) -> None:
+        """A failed removal is retried next tick: the domain never applies a key it has taken
+        (status), so a stored alert left behind is only removed later, never applied twice."""
+        if not annotations:
+            return
+        try:
+            await self.kube.remove_alert_annotations(namespace, name, annotations)
+        except KubernetesError as exc:
+            logger.warning(kv("alerts_not_removed", namespace=namespace, name=name, count=len(annotations),
+                              error=str(exc)))
 
     @staticmethod
     def _gate_result(

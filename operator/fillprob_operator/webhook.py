@@ -2,26 +2,39 @@
 
 `POST /alertmanager` takes Alertmanager's webhook payload (version "4") with a bearer token.
 Every *firing* alert labelled `fillprob_rollout="<name>"` and `namespace="<ns>"` becomes a
-`RollbackRequest` handed to `submit(request, namespace, name)`; the reconciler's inbox queues
-it and the next tick gives it to `decide()`. An optional `rollback="R1|R2|R3"` label names the
-playbook; without it the request's playbook is `TABLE_DEFAULT` (""), which the domain reads as
-"the gate table's playbook for a circuit-breaker trip at the current step".
+`RollbackRequest` handed to `submit(request, namespace, name)`, which stores it on the
+FillProbRollout through the API server (handlers.py); the rollout's next tick gives it to
+`decide()`. An optional `rollback="R1|R2|R3"` label names the playbook; without it the
+request's playbook is `TABLE_DEFAULT` (""), which the domain reads as "the gate table's
+playbook for a circuit-breaker trip at the current step".
+
+Alert intake is durable (API.md, Everyday change): an alert is "accepted" only once `submit`
+returned, i.e. once it is stored, so an operator restart loses nothing that was answered 200;
+any replica, active or standby, accepts.
 
 Duplicates change nothing: the request key is `alert:<fingerprint>:<startsAt>`, the same for
-every re-send of one firing (Alertmanager repeats it each `repeat_interval`), and the domain
-never applies a key that is already in `status.history`. The receiver also remembers the keys
-it has handed over recently and reports re-sends as ignored. Resolved alerts are ignored.
+every re-send of one firing (Alertmanager repeats it each `repeat_interval`), a re-send stores
+the same annotation again, and the domain never applies a key it has already taken. The
+receiver also remembers the keys it has stored recently and reports re-sends as ignored.
+Resolved alerts are ignored.
 
 Response codes, chosen for Alertmanager's retry rules (it retries 5xx, not 4xx):
-- 200 `{"accepted": [...], "ignored": [...], "rejected": [...]}`: the payload was read; each
-  alert is in one list with the reason (an invalid `rollback` label rejects that alert only);
-- 400: not JSON, not a version-4 webhook payload, or a body over `max_body_bytes`;
+- 200 `{"accepted": [...], "ignored": [...], "rejected": [...]}`: every alert of the payload is
+  in one list with the reason; accepted = stored (an invalid `rollback` label, or a rollout
+  that does not exist or is in a namespace this operator does not watch, rejects that alert
+  only);
+- 400: not JSON, or not a version-4 webhook payload;
 - 401: missing or wrong bearer token, or the receiver has no token configured (fail closed);
-- 500: `submit` raised (Alertmanager retries; keys already handed over are not handed twice).
+- 413: a body over `max_body_bytes`;
+- 503: storing an alert failed (the API server unreachable, or refusing the write): the body
+  has the lists above plus `failed` and `error`; Alertmanager retries the payload, and alerts
+  stored meanwhile stay stored (a retry reports them as duplicates or stores them again).
 `GET /healthz` answers 200 without a token.
 
-`submit` returns True when the request was queued for a FillProbRollout this operator
-watches, False when it does not know `<namespace>/<name>` (reported as rejected).
+`submit` returns True when the request is stored, False when `<namespace>/<name>` is no
+FillProbRollout this operator could act on (reported as rejected), and raises when the store
+failed. An exception with a `status` (the API server answered, e.g. 422) fails that alert only;
+any other (unreachable, timed out) fails the rest of the payload without trying it.
 """
 
 from __future__ import annotations
@@ -60,8 +73,8 @@ PLAYBOOKS = ("R1", "R2", "R3")
 TABLE_DEFAULT = ""
 ALERT_FIRED = "AlertFired"
 
-# How many handed-over keys to remember for "duplicate" answers. Forgetting is safe: the
-# domain dedupes by key against status.history anyway.
+# How many stored keys to remember for "duplicate" answers. Forgetting is safe: a re-send is
+# stored again, and the domain dedupes by key against status anyway.
 SEEN_KEYS = 4096
 # Evidence goes into status.history; keep one chatty annotation from bloating it.
 MAX_EVIDENCE_VALUE = 1024
@@ -243,7 +256,7 @@ class _Receiver:
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         body = await _read_body(request, self.max_body_bytes)
         if body is None:
-            return _error(400, f"body over {self.max_body_bytes} bytes")
+            return _error(413, f"body over {self.max_body_bytes} bytes")
         try:
             payload = parse_payload(body)
         except PayloadError as exc:
@@ -251,6 +264,8 @@ class _Receiver:
             return _error(400, str(exc))
 
         result: dict[str, list[dict[str, Any]]] = {"accepted": [], "ignored": [], "rejected": []}
+        failed: list[dict[str, Any]] = []
+        unreachable = ""  # set once a store got no answer at all: the rest is not tried
         for alert in payload.alerts:
             verdict = judge(alert)
             if verdict.request is None:
@@ -260,17 +275,27 @@ class _Receiver:
             if key in self.seen:
                 result["ignored"].append({**verdict.summary, "reason": "duplicate: already accepted"})
                 continue
+            if unreachable:
+                failed.append({**verdict.summary, "reason": f"not tried: {unreachable}"})
+                continue
             try:
-                queued = self.submit(verdict.request, verdict.namespace, verdict.name)
-                if inspect.isawaitable(queued):
-                    queued = await queued
-            except Exception as exc:  # the operator's side failed: let Alertmanager retry
-                logger.exception("event=webhook_submit_failed key=%s", json.dumps(key))
-                return web.json_response({**result, "error": f"submit failed: {exc}"}, status=500)
-            if not queued:
+                stored = self.submit(verdict.request, verdict.namespace, verdict.name)
+                if inspect.isawaitable(stored):
+                    stored = await stored
+            except Exception as exc:  # not stored: answer 503 so that Alertmanager retries
+                logger.warning(
+                    "event=webhook_store_failed namespace=%s name=%s key=%s error=%s",
+                    verdict.namespace, verdict.name, json.dumps(key), json.dumps(str(exc)),
+                )
+                failed.append({**verdict.summary, "reason": f"not stored: {exc}"})
+                if getattr(exc, "status", None) is None:
+                    unreachable = str(exc)
+                continue
+            if not stored:
                 result["rejected"].append({
                     **verdict.summary,
-                    "reason": f"unknown FillProbRollout {verdict.namespace}/{verdict.name} (absent or not watched)",
+                    "reason": f"no FillProbRollout {verdict.namespace}/{verdict.name} "
+                              "(absent, or in a namespace this operator does not watch)",
                 })
                 continue
             self._remember(key)
@@ -279,6 +304,12 @@ class _Receiver:
                 "event=webhook_rollback_requested namespace=%s name=%s playbook=%s key=%s source=%s",
                 verdict.namespace, verdict.name, verdict.request.playbook or "table",
                 json.dumps(key), json.dumps(verdict.request.source),
+            )
+        if failed:
+            return web.json_response(
+                {**result, "failed": failed,
+                 "error": f"{len(failed)} alert(s) not stored; retry (the stored ones stay stored)"},
+                status=503,
             )
         return web.json_response(result)
 
@@ -295,7 +326,7 @@ def make_webhook_app(
 ) -> web.Application:
     """The receiver as an aiohttp Application; serve it with `start_webhook_server`."""
     receiver = _Receiver(token_provider, submit, max_body_bytes)
-    # The body is read by hand (400 past the limit); client_max_size guards any other reader.
+    # The body is read by hand (413 past the limit); client_max_size guards any other reader.
     app = web.Application(client_max_size=max_body_bytes + 1)
     app.router.add_post(ALERTMANAGER_PATH, receiver.alertmanager)
     app.router.add_get(HEALTHZ_PATH, receiver.healthz)

@@ -5,9 +5,10 @@ the clock and kopf's daemon stopper.
 
 It implements the client methods the adapter calls (same names and arguments as the
 official client's CoreV1Api / AppsV1Api / BatchV1Api / CustomObjectsApi), raises the same
-`ApiException`s (404, 409, 422), and applies the three patch kinds the adapter sends
-(strategic merge on Deployments, merge patch on status, JSON patch on annotations), so the
-adapter's code runs for real. `roll_out` and `finish_job` play the Deployment and Job
+`ApiException`s (404, 409, 422), and applies the patch kinds the adapter sends
+(strategic merge on Deployments, merge patch on status and on the rollout's annotations, JSON
+patch on the rollback annotation), so the adapter's code runs for real. `annotation_bytes`
+plays the API server's limit on the total size of an object's annotations (422 past it). `roll_out` and `finish_job` play the Deployment and Job
 controllers.
 """
 
@@ -84,6 +85,7 @@ class FakeCluster:
         self.events: list[dict] = []
         self.calls: collections.Counter = collections.Counter()
         self.fail_next: dict[str, ApiException] = {}
+        self.annotation_bytes = 256 * 1024
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
         self.core = _Api(self, "core")
@@ -197,6 +199,16 @@ class _Api:
         return copy.deepcopy(obj)
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):
+        if kw.get("_content_type") == "application/merge-patch+json":
+            self.c.record("merge_rollout")
+            assert set(body) == {"metadata"} and set(body["metadata"]) == {"annotations"}, body
+            obj = self.c.get("FillProbRollout", namespace, name)
+            annotations = apply_merge_patch(obj["metadata"].get("annotations") or {}, body["metadata"]["annotations"])
+            if sum(len(k) + len(v) for k, v in annotations.items()) > self.c.annotation_bytes:
+                raise ApiException(status=422, reason="metadata.annotations: Too long")
+            obj["metadata"]["annotations"] = annotations
+            obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+            return copy.deepcopy(obj)
         self.c.record("patch_rollout")
         assert kw.get("_content_type") == "application/json-patch+json"
         obj = self.c.get("FillProbRollout", namespace, name)

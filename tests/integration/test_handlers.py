@@ -30,6 +30,7 @@ from fake_world import (
 )
 
 from fillprob_operator import handlers
+from fillprob_operator.adapters.kubernetes import alert_annotation_name, is_alert_annotation
 from fillprob_operator.api import parse_spec
 from fillprob_operator.domain.actions import ClearRollbackAnnotation, EmitEvent, PatchEnv, RunPreflight
 from fillprob_operator.domain.observations import JobState, RollbackRequest
@@ -119,6 +120,11 @@ def world():
 
 def rollout(cluster: FakeCluster) -> dict:
     return cluster.get("FillProbRollout", NS, NAME)
+
+
+def alert_annotations(cluster: FakeCluster) -> dict:
+    annotations = rollout(cluster)["metadata"].get("annotations") or {}
+    return {k: v for k, v in annotations.items() if is_alert_annotation(k)}
 
 
 def test_walk_from_preflight_to_rollback(world):
@@ -241,19 +247,27 @@ def test_annotation_changed_meanwhile_is_not_cleared(world):
     asyncio.run(scenario())
 
 
-def test_alert_requests_in_the_inbox_are_drained_once_executed(world):
+def test_stored_alerts_are_taken_once_and_removed_after_the_status_write(world):
     cluster, clock, prometheus, decide, memo = world
     request = RollbackRequest(playbook="R2", reason="AlertFired", source="alert FillProbCB",
-                              key="alert/fp-123")
+                              evidence={"fingerprint": "fp-123"}, key="alert:fp-123:t0")
+    annotation = alert_annotation_name(request.key)
 
     async def scenario():
-        memo.rollback_inbox.put(NS, NAME, request)
-        memo.rollback_inbox.put(NS, NAME, request)  # a duplicate delivery
-        assert memo.wakeups.event(NS, NAME).is_set()
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is True
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is True  # a duplicate delivery
+        assert list(alert_annotations(cluster)) == [annotation]
         await memo.reconciler.tick(NS, NAME)
         assert decide.seen[-1][1].rollback_requests == (request,)
-        assert memo.rollback_inbox.pending(NS, NAME) == ()
         assert rollout(cluster)["status"]["lastRollback"]["reason"] == "AlertFired"
+        assert alert_annotations(cluster) == {}
+        # Alertmanager re-sends it after it was taken: stored again, not applied again, removed.
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is True
+        patches = cluster.calls["patch_deployment"]
+        await memo.reconciler.tick(NS, NAME)
+        assert cluster.calls["patch_deployment"] == patches
+        assert alert_annotations(cluster) == {}
+        assert [h["evidence"]["requestKey"] for h in rollout(cluster)["status"]["history"]] == [request.key]
 
     asyncio.run(scenario())
 
@@ -406,25 +420,62 @@ def test_handlers_are_registered_for_fillprobrollouts():
     assert {"startup", "cleanup"} <= {h.id for h in registry._activities.get_all_handlers()}
 
 
-def test_webhook_submit_queues_only_for_a_running_rollout(world):
+def test_webhook_submit_stores_for_any_rollout_and_wakes_a_daemon_running_here(world):
+    """Standby or still starting (no daemon here): stored all the same; only an absent rollout
+    or an unwatched namespace is rejected; a daemon that runs here is woken at once."""
     cluster, clock, prometheus, decide, memo = world
     request = RollbackRequest(playbook="", reason="AlertFired", source="FillProbCircuitBreakerTripped{}",
                               key="alert:fp-9:2026-01-01T00:00:00Z")
 
     async def scenario():
-        assert handlers.submit_rollback(memo, request, NS, NAME) is False  # no daemon yet: unknown
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is True  # no daemon here
+        assert list(alert_annotations(cluster)) == [alert_annotation_name(request.key)]
+        assert await handlers.submit_rollback(memo, request, NS, "other") is False  # 404
+        memo.config = Settings(namespaces=("elsewhere", "prod-*"))
+        writes = cluster.calls["merge_rollout"]
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is False  # not watched
+        assert cluster.calls["merge_rollout"] == writes  # not even tried
+        memo.config = Settings(namespaces=("elsewhere", "trad*"))
         stopped = FakeStopped()
         daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
         await until(lambda: len(decide.seen) == 1)
-        assert handlers.submit_rollback(memo, request, NS, "other") is False
-        assert handlers.submit_rollback(memo, request, NS, NAME) is True
+        assert decide.seen[-1][1].rollback_requests == (request,)  # the first tick takes it
+        await until(lambda: alert_annotations(cluster) == {})
+        second = RollbackRequest(playbook="R1", reason="AlertFired", source="X{}", key="alert:fp-10:t")
+        assert await handlers.submit_rollback(memo, second, NS, NAME) is True
         await until(lambda: len(decide.seen) == 2)  # woken at once, not after the 30s interval
-        assert decide.seen[-1][1].rollback_requests == (request,)
+        assert decide.seen[-1][1].rollback_requests == (second,)
         stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
         await asyncio.wait_for(daemon, 5)
-        assert handlers.submit_rollback(memo, request, NS, NAME) is False
 
     asyncio.run(scenario())
+
+
+def test_a_new_alert_annotation_in_a_watch_event_wakes_the_daemon_once(world):
+    cluster, clock, prometheus, decide, memo = world
+    body = copy.deepcopy(rollout(cluster))
+    wake = memo.wakeups.event(NS, NAME)
+
+    async def event(annotations, type_="MODIFIED", uid="u1"):
+        body["metadata"]["annotations"] = annotations
+        wake.clear()
+        await handlers.rollout_event(type=type_, namespace=NS, name=NAME, uid=uid, memo=memo, body=body)
+        return wake.is_set()
+
+    a, b = alert_annotation_name("alert:a:t"), alert_annotation_name("alert:b:t")
+    assert await_(event({"other": "x"})) is False
+    assert await_(event({a: "{}"})) is True  # stored on another replica: act now
+    assert await_(event({a: "{}", "grinder.io/x": "1"})) is False  # a status write while it waits
+    assert await_(event({a: "{}", b: "{}"})) is True
+    assert await_(event({b: "{}"})) is False  # a removal
+    assert await_(event({})) is False
+    assert await_(event({a: "{}"})) is True  # re-sent after it was taken
+    assert await_(event({a: "{}"}, type_="DELETED")) is False
+    assert memo.alert_annotations == {}
+
+
+def await_(coroutine):
+    return asyncio.run(coroutine)
 
 
 def test_startup_serves_the_webhook_when_configured(tmp_path, monkeypatch):
@@ -462,16 +513,22 @@ def test_startup_serves_the_webhook_when_configured(tmp_path, monkeypatch):
         except urllib.error.HTTPError as exc:
             return exc.code, _json.loads(exc.read())
 
+    cluster, clock = FakeCluster(), FakeClock()
+    cluster.put("FillProbRollout", rollout_body())
+
     async def scenario():
         await handlers.startup(settings=kopf.OperatorSettings(), memo=memo)
         try:
             assert (await asyncio.to_thread(post, "wrong"))[0] == 401
+            # The kubeconfig's API server does not answer: not stored, so 503 (Alertmanager retries).
             status, result = await asyncio.to_thread(post, "s3cret")
-            assert status == 200 and result["rejected"] and not result["accepted"]  # unknown rollout
-            memo.rollouts.add((NS, NAME))
+            assert status == 503 and result["failed"] and not result["accepted"], result
+            memo.kube.close()
+            memo.kube = cluster.adapter(clock)  # an API server that answers
             status, result = await asyncio.to_thread(post, "s3cret")
-            assert status == 200 and result["accepted"]
-            assert [r.key for r in memo.rollback_inbox.pending(NS, NAME)] == ["alert:f1:2026-01-01T00:00:00Z"]
+            assert status == 200 and result["accepted"], result
+            (stored,) = alert_annotations(cluster).values()
+            assert _json.loads(stored)["key"] == "alert:f1:2026-01-01T00:00:00Z"
         finally:
             await handlers.cleanup(memo=memo)
 
@@ -597,5 +654,46 @@ def test_daemon_of_a_deleted_rollout_leaves_its_successor_alone(world):
         new_stopped.set(kopf.DaemonStoppingReason.OPERATOR_EXITING)
         await asyncio.wait_for(new, 5)
         assert memo.owners == {} and memo.running == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_stored_alert_is_no_change_to_kopf_and_wakes_the_daemon(world, monkeypatch):
+    """kopf's last-handled configuration leaves the alert annotations out: storing or removing
+    one costs no second write (and no copy of the alert), yet the event wakes the daemon."""
+    from kopf._core.actions import application
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    cluster, clock, prometheus, decide, memo = world
+    patches: list[list] = []
+
+    async def apply(*, body, patch, **_):
+        if patch:
+            patches.append(patch.as_json_patch(body))
+        return True, None, None
+
+    monkeypatch.setattr(application, "apply", apply)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Settings())
+    storage = settings.persistence.diffbase_storage
+    body = copy.deepcopy(rollout(cluster))
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body(body), patch=patch, essence=storage.build(body=kopf.Body(body)))
+    body["metadata"]["annotations"].update(patch["metadata"]["annotations"])  # as last handled
+    stored = copy.deepcopy(body)
+    stored["metadata"]["annotations"][alert_annotation_name("alert:f:t")] = '{"key":"alert:f:t"}'
+    assert storage.build(body=kopf.Body(stored)) == storage.build(body=kopf.Body(body))
+
+    async def scenario():
+        memories = ResourceMemories()
+        await _kopf_sees(memo, memories, {"type": None, "object": copy.deepcopy(body)}, patches, settings)
+        await until(lambda: len(decide.seen) >= 1)
+        memo.wakeups.event(NS, NAME).clear()
+        patches.clear()
+        await _kopf_sees(memo, memories, {"type": "MODIFIED", "object": copy.deepcopy(stored)}, patches, settings)
+        assert patches == []
+        await until(lambda: len(decide.seen) >= 2)  # woken by the event, not the 30s interval
+        await _kopf_sees(memo, memories, {"type": "DELETED", "object": copy.deepcopy(stored)}, patches, settings)
+        await until(lambda: not memo.owners)
 
     asyncio.run(scenario())

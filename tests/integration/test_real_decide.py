@@ -275,11 +275,17 @@ def test_a_bad_rollback_annotation_is_rejected_in_history_and_removed(world):
     assert s["state"] == "Preflight"  # nothing else changed: the walk goes on
 
 
-def test_a_queued_alert_waits_while_suspended_and_applies_on_resume(world):
-    """The inbox is acked only for requests the domain took into history."""
+def test_a_stored_alert_waits_while_suspended_and_applies_on_resume(world):
+    """A stored alert is removed only once the domain took it into history."""
+    from fillprob_operator.adapters.kubernetes import alert_annotation_name
     from fillprob_operator.domain.observations import RollbackRequest
 
     cluster, clock, prometheus, memo = world
+
+    def stored() -> list[str]:
+        annotations = cluster.get("FillProbRollout", NS, NAME)["metadata"].get("annotations") or {}
+        return [k for k in annotations if k.startswith("alert.grinder.io/")]
+
 
     async def scenario():
         await tick(memo, clock, 0)
@@ -292,12 +298,12 @@ def test_a_queued_alert_waits_while_suspended_and_applies_on_resume(world):
         await tick(memo, clock)
         assert status(cluster)["state"] == "Suspended"
         request = RollbackRequest(playbook="R1", reason="AlertFired", source="alert test", key="alert:fp1:t0")
-        memo.rollback_inbox.put(NS, NAME, request)
+        assert await handlers.submit_rollback(memo, request, NS, NAME) is True
         await tick(memo, clock)
-        assert memo.rollback_inbox.pending(NS, NAME) == (request,)
+        assert stored() == [alert_annotation_name(request.key)]
         cluster.get("FillProbRollout", NS, NAME)["spec"]["suspend"] = False
         await tick(memo, clock)
-        assert memo.rollback_inbox.pending(NS, NAME) == ()
+        assert stored() == []
         assert any(h["evidence"].get("requestKey") == "alert:fp1:t0" for h in status(cluster)["history"])
 
     asyncio.run(scenario())

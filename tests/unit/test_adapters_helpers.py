@@ -1,13 +1,20 @@
-"""Pure helpers around the adapters: series splitting, rollback annotation, logs, settings."""
+"""Pure helpers around the adapters: series splitting, rollback and alert annotations, logs, settings."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timezone
 
 import pytest
 
 from fillprob_operator.adapters.executor import ExecutionContext, Executor
+from fillprob_operator.adapters.kubernetes import (
+    alert_annotation_name,
+    decode_rollback_request,
+    encode_rollback_request,
+    is_alert_annotation,
+)
 from fillprob_operator.adapters.prometheus import Sample, parse_result, split_by_pod
 from fillprob_operator.domain.actions import ClearRollbackAnnotation, EmitEvent, PatchEnv
 from fillprob_operator.domain.observations import (
@@ -15,12 +22,16 @@ from fillprob_operator.domain.observations import (
     MetricsObservation,
     Observations,
     PodMetrics,
+    RollbackRequest,
 )
 from fillprob_operator.metrics import OperatorMetrics
 from fillprob_operator.reconciler import (
+    ALERTS_PER_TICK,
+    alert_requests_from_annotations,
     evaluation_interval,
     kv,
     rollback_request_from_annotation,
+    taken_request_keys,
 )
 from fillprob_operator.settings import Settings
 
@@ -83,6 +94,77 @@ def test_rollback_annotation_becomes_a_request_keyed_by_when_it_was_set():
     assert rollback_request_from_annotation(rollout({})) is None
     assert rollback_request_from_annotation(rollout({"grinder.io/rollback": "R9"})).playbook == "R9"  # the domain rejects it
     assert rollback_request_from_annotation(rollout({"grinder.io/rollback": "R1"})).key == "annotation/uid-1/R1/rv42"
+
+
+def alert_request(fingerprint="fp1", starts_at="2026-01-02T03:04:05Z", playbook="R2"):
+    return RollbackRequest(
+        playbook=playbook, reason="AlertFired",
+        source=f'FillProbCircuitBreakerTripped{{fillprob_rollout="r",namespace="ns"}}',
+        evidence={"alertname": "FillProbCircuitBreakerTripped", "labels": {"namespace": "ns", "fillprob_rollout": "r"},
+                  "annotations": {"summary": "é \"quoted\""}, "startsAt": starts_at, "fingerprint": fingerprint},
+        key=f"alert:{fingerprint}:{starts_at}",
+    )
+
+
+def test_an_alert_is_stored_as_one_annotation_named_after_its_key():
+    request = alert_request()
+    name = alert_annotation_name(request.key)
+    assert name == "alert.grinder.io/" + __import__("hashlib").sha256(request.key.encode()).hexdigest()[:32]
+    assert len(name.split("/")[1]) == 32 and is_alert_annotation(name) and not is_alert_annotation("grinder.io/rollback")
+    value = encode_rollback_request(request)
+    assert ": " not in value and ", " not in value.replace('", "', "")  # compact
+    assert value == encode_rollback_request(alert_request())  # a re-send writes the same bytes
+    assert decode_rollback_request(name, value) == request
+
+
+HOSTILE = {
+    "not json": "{nope",
+    "not an object": "[1, 2]",
+    "deeply nested": "[" * 100000 + "]" * 100000,
+    "a manual rollback in disguise": {"reason": "ManualRollback"},
+    "a playbook of its own": {"playbook": "R9"},
+    "a playbook that is no string": {"playbook": None},
+    "a key that is no alert": {"key": "annotation/uid/R1/t"},
+    "evidence nested deeper than the receiver writes": {"evidence": {"labels": {"a": {"b": "c"}}}},
+    "evidence that is a list": {"evidence": ["x"]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_an_alert_annotation_that_does_not_read_back_is_a_value_error(case):
+    request = alert_request()
+    name = alert_annotation_name(request.key)
+    bad = HOSTILE[case]
+    if isinstance(bad, dict):
+        bad = json.dumps({**json.loads(encode_rollback_request(request)), **bad})
+    with pytest.raises(ValueError):
+        decode_rollback_request(name, bad)
+
+
+def test_an_alert_annotation_under_another_keys_name_is_refused():
+    request, other = alert_request("fp1"), alert_request("fp2")
+    with pytest.raises(ValueError, match="named after"):
+        decode_rollback_request(alert_annotation_name(other.key), encode_rollback_request(request))
+
+
+def test_stored_alerts_are_taken_oldest_first_bounded_and_unreadable_ones_reported():
+    requests = [alert_request(f"fp{i:03}", f"2026-01-02T03:{i // 60:02}:{i % 60:02}Z") for i in range(ALERTS_PER_TICK + 7)]
+    annotations = {alert_annotation_name(r.key): encode_rollback_request(r) for r in reversed(requests)}
+    annotations["alert.grinder.io/junk"] = "{}"
+    annotations["grinder.io/rollback"] = "R1"  # not an alert: the manual request reads it
+    alerts = alert_requests_from_annotations(rollout(annotations))
+    assert alerts.requests == tuple(requests[:ALERTS_PER_TICK])
+    assert alerts.waiting == 7
+    assert [name for name, _ in alerts.unreadable] == ["alert.grinder.io/junk"]
+    assert alert_requests_from_annotations(rollout({})).requests == ()
+    assert alert_requests_from_annotations({"metadata": {}}).unreadable == ()
+
+
+def test_taken_request_keys_are_in_history_or_in_request_keys():
+    status = {"history": [{"evidence": {"requestKey": "alert:a:t"}}, {"evidence": {}}, {}],
+              "requestKeys": ["alert:b:t"]}
+    assert taken_request_keys(status) == {"alert:a:t", "alert:b:t"}
+    assert taken_request_keys({}) == set()
 
 
 def test_kv_log_lines():

@@ -59,7 +59,7 @@ def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 
 class Inbox:
-    """`submit`: records requests; knows only trading/grinder."""
+    """`submit`: stores requests (like the rollout's annotations); knows only trading/grinder."""
 
     def __init__(self, known: set[tuple[str, str]] | None = None) -> None:
         self.requests: list[tuple[RollbackRequest, str, str]] = []
@@ -139,7 +139,7 @@ def test_healthz_needs_no_token():
 # ---------------------------------------------------------------------------- bad bodies
 
 
-def test_malformed_json_wrong_shape_and_oversized_are_400_and_the_server_keeps_serving():
+def test_malformed_json_and_wrong_shape_are_400_oversized_is_413_and_the_server_keeps_serving():
     big = payload(alert(fingerprint="big"))
     big["alerts"][0]["annotations"]["pad"] = "x" * 5000
 
@@ -162,13 +162,13 @@ def test_malformed_json_wrong_shape_and_oversized_are_400_and_the_server_keeps_s
             assert status == 400, (body, answer)
             assert answer["error"]
         status, answer = await post(client, big)
-        assert status == 400 and "over 4096 bytes" in answer["error"]
+        assert status == 413 and "over 4096 bytes" in answer["error"]
         # Chunked (no Content-Length): the limit still holds.
         async def chunks():
             yield json.dumps(big).encode()
 
         resp = await client.post("/alertmanager", data=chunks(), headers=AUTH)
-        assert resp.status == 400
+        assert resp.status == 413
         assert inbox.requests == []
         await still_serving(client)
 
@@ -247,7 +247,7 @@ def test_invalid_rollback_label_rejects_that_alert_only():
         rejected = {r["fingerprint"]: r["reason"] for r in body["rejected"]}
         assert set(rejected) == {"bad", "ns", "unknown"}
         assert "R4" in rejected["bad"] and "R1, R2 or R3" in rejected["bad"]
-        assert "unknown FillProbRollout trading/nobody" in rejected["unknown"]
+        assert "no FillProbRollout trading/nobody" in rejected["unknown"]
 
     inbox = serve(scenario)
     assert [r.playbook for r, _, _ in inbox.requests] == ["R3"]
@@ -267,25 +267,108 @@ def test_a_rollout_unknown_at_first_is_accepted_once_it_is_known():
     assert len(serve(scenario, inbox=inbox).requests) == 1
 
 
-def test_submit_failure_is_500_so_alertmanager_retries():
+class StoreFailed(Exception):
+    """What the adapter raises when the API server answered a write with an error."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def test_a_store_that_fails_is_503_so_alertmanager_retries():
     calls: list[str] = []
 
     def flaky(request: RollbackRequest, namespace: str, name: str) -> bool:  # a plain function works too
         calls.append(request.key)
         if len(calls) == 1:
-            raise RuntimeError("inbox closed")
+            raise StoreFailed("store alert trading/grinder: 500 Internal Server Error", status=500)
         return True
 
     async def main() -> None:
         app = make_webhook_app(lambda: TOKEN, flaky)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             status, body = await post(client, payload(alert()))
-            assert status == 500 and "inbox closed" in body["error"]
+            assert status == 503 and body["accepted"] == [] and "retry" in body["error"]
+            assert "500 Internal Server Error" in body["failed"][0]["reason"]
             status, body = await post(client, payload(alert()))
             assert status == 200 and len(body["accepted"]) == 1
 
     asyncio.run(main())
     assert len(calls) == 2
+
+
+def test_the_answer_comes_only_after_the_store_returned():
+    entered, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def slow_store(request: RollbackRequest, namespace: str, name: str) -> bool:
+        entered.set()
+        await release.wait()
+        order.append("stored")
+        return True
+
+    async def main() -> None:
+        app = make_webhook_app(lambda: TOKEN, slow_store)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            answer = asyncio.ensure_future(post(client, payload(alert())))
+            await asyncio.wait_for(entered.wait(), 5)
+            assert not answer.done()
+            release.set()
+            status, body = await asyncio.wait_for(answer, 5)
+            order.append("answered")
+            assert status == 200 and len(body["accepted"]) == 1
+
+    asyncio.run(main())
+    assert order == ["stored", "answered"]
+
+
+def test_one_alert_refused_by_the_api_server_does_not_hold_back_the_others():
+    """An answer (422: annotations over the limit) fails that alert only; the payload is 503,
+    and its stored alerts stay stored: the retry reports them as duplicates."""
+    stored: list[str] = []
+
+    def store(request: RollbackRequest, namespace: str, name: str) -> bool:
+        if request.evidence["fingerprint"] == "huge":
+            raise StoreFailed("store alert: 422 Unprocessable Entity", status=422)
+        stored.append(request.evidence["fingerprint"])
+        return True
+
+    async def main() -> None:
+        app = make_webhook_app(lambda: TOKEN, store)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            alerts = payload(alert(fingerprint="a"), alert(fingerprint="huge"), alert(fingerprint="b"))
+            status, body = await post(client, alerts)
+            assert status == 503, body
+            assert [a["fingerprint"] for a in body["accepted"]] == ["a", "b"]
+            assert [f["fingerprint"] for f in body["failed"]] == ["huge"]
+            status, body = await post(client, alerts)  # Alertmanager's retry
+            assert status == 503 and body["accepted"] == []
+            assert [i["fingerprint"] for i in body["ignored"]] == ["a", "b"]
+
+    asyncio.run(main())
+    assert stored == ["a", "b"]
+
+
+def test_an_api_server_that_does_not_answer_fails_the_rest_of_the_payload_untried():
+    tried: list[str] = []
+
+    async def store(request: RollbackRequest, namespace: str, name: str) -> bool:
+        tried.append(request.evidence["fingerprint"])
+        if request.evidence["fingerprint"] == "b":
+            raise StoreFailed("store alert: timed out after 30.0s", status=None)
+        return True
+
+    async def main() -> None:
+        app = make_webhook_app(lambda: TOKEN, store)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            status, body = await post(client, payload(*(alert(fingerprint=f) for f in "abcd")))
+            assert status == 503
+            assert [a["fingerprint"] for a in body["accepted"]] == ["a"]
+            assert [f["fingerprint"] for f in body["failed"]] == ["b", "c", "d"]
+            assert body["failed"][1]["reason"].startswith("not tried")
+
+    asyncio.run(main())
+    assert tried == ["a", "b"]
 
 
 # ---------------------------------------------------------------------------- configuration

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from ..domain.observations import (
     JobState,
     PodStartup,
     PreflightObservation,
+    RollbackRequest,
 )
 
 logger = logging.getLogger("fillprob_operator.kubernetes")
@@ -43,6 +45,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 RESTART_TOKEN_ANNOTATION = "grinder.io/restart-token"
 ROLLBACK_ANNOTATION = "grinder.io/rollback"
 ROLLBACK_REASON_ANNOTATION = "grinder.io/rollback-reason"
+# Alerts the Alertmanager receiver accepted, stored on the FillProbRollout until a tick has
+# taken them (API.md, "Alert intake is durable"): one annotation per request key,
+# `alert.grinder.io/<first 32 hex of sha256(key)>`, the request as compact JSON.
+ALERT_ANNOTATION_PREFIX = "alert.grinder.io/"
+ALERT_REASON = "AlertFired"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH = "pod-template-hash"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -73,7 +80,15 @@ PREFLIGHT_TTL_SECONDS = 24 * 3600
 
 
 class KubernetesError(Exception):
-    """The API server did not answer usefully (unreachable, timeout, 5xx, forbidden)."""
+    """The API server did not answer usefully (unreachable, timeout, 5xx, forbidden).
+
+    `status` is the HTTP status when the API server answered, None when it did not (unreachable,
+    timed out): a caller with more to write may go on after an answer, not after silence.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --------------------------------------------------------------------------------------
@@ -190,6 +205,59 @@ def restart_token_at(deployment: Mapping[str, Any]) -> datetime | None:
         if entry.get("time") and (newest is None or at > newest):
             newest = at
     return newest
+
+
+def alert_annotation_name(key: str) -> str:
+    """`alert.grinder.io/<first 32 hex chars of sha256(key)>`: a valid annotation name for any
+    key, the same for every re-send of one alert (a re-send re-writes the same annotation)."""
+    return ALERT_ANNOTATION_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def is_alert_annotation(name: str) -> bool:
+    return name.startswith(ALERT_ANNOTATION_PREFIX)
+
+
+def encode_rollback_request(request: RollbackRequest) -> str:
+    """The annotation value: compact JSON, keys sorted, so a re-send writes the same bytes."""
+    return json.dumps(
+        {"playbook": request.playbook, "reason": request.reason, "source": request.source,
+         "evidence": dict(request.evidence), "key": request.key},
+        sort_keys=True, separators=(",", ":"),
+    )
+
+
+def decode_rollback_request(name: str, value: Any) -> RollbackRequest:
+    """An alert annotation back into the request the receiver stored; ValueError when it is not
+    one. Anyone who may patch the rollout may write these annotations: only the shape the
+    receiver writes is let through (an alert, R1/R2/R3 or the table's, flat string evidence),
+    so a hand-made value can never pose as a manual rollback nor break the status write."""
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    fields = {f: data.get(f) for f in ("playbook", "reason", "source", "key")}
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise ValueError("playbook, reason, source and key must be strings")
+    if fields["playbook"] not in ("", "R1", "R2", "R3"):
+        raise ValueError(f"playbook {fields['playbook'][:20]!r}: want R1, R2, R3 or empty")
+    if fields["reason"] != ALERT_REASON:
+        raise ValueError(f"reason {fields['reason'][:40]!r}: want {ALERT_REASON}")
+    if not fields["key"].startswith("alert:") or alert_annotation_name(fields["key"]) != name:
+        raise ValueError("key is not an alert key, or not the one this annotation is named after")
+    evidence = data.get("evidence", {})
+    if not isinstance(evidence, dict) or not all(
+        isinstance(v, str) or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values()))
+        for v in evidence.values()
+    ):
+        raise ValueError("evidence must map to strings or to objects of strings")
+    return RollbackRequest(
+        playbook=fields["playbook"], reason=fields["reason"], source=fields["source"],
+        evidence=evidence, key=fields["key"],
+    )
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -568,6 +636,40 @@ class KubernetesAdapter:
             if exc.status in (404, 409, 422):  # gone, or the annotation changed meanwhile
                 return False
             raise KubernetesError(f"clear annotation {namespace}/{name}: {exc.status} {exc.reason}") from exc
+
+    async def _merge_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], what: str
+    ) -> bool:
+        """ONE merge patch on metadata.annotations (None removes); False when the rollout is gone."""
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object,
+                GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(annotations)}},
+                field_manager=self._component,
+                _content_type="application/merge-patch+json",
+            )
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubernetesError(
+                f"{what} {namespace}/{name}: {exc.status} {exc.reason}", status=exc.status
+            ) from exc
+
+    async def store_rollback_request(self, namespace: str, name: str, request: RollbackRequest) -> bool:
+        """Store an accepted alert on the rollout (API.md, "Alert intake is durable"); False
+        when there is no such rollout. Any other failure, a 422 too (annotations over the size
+        limit), raises KubernetesError: the receiver answers 503 and Alertmanager retries."""
+        value = encode_rollback_request(request)
+        return await self._merge_annotations(
+            namespace, name, {alert_annotation_name(request.key): value}, "store alert"
+        )
+
+    async def remove_alert_annotations(self, namespace: str, name: str, names: Iterable[str]) -> bool:
+        """Remove stored alerts a tick has taken; a name already gone is fine (merge patch)."""
+        return await self._merge_annotations(
+            namespace, name, {n: None for n in names if is_alert_annotation(n)}, "remove alerts"
+        )
 
     async def emit_event(self, owner: Mapping[str, Any], event: EmitEvent) -> None:
         body = event_body(owner, event, self._clock.now(), self._component, self._instance)
