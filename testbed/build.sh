@@ -2,17 +2,20 @@
 # Build (or reuse) what the testbed needs (../shared/TESTBED.md, "What runs"):
 #  - Debian packages: prometheus-alertmanager, openssl, curl, iproute2, jq, iptables, the CNI
 #    plugins (containernetworking-plugins), buildah + debootstrap (images), libseccomp-dev (runc);
-#  - the multi-call Go binary testbed/cluster -> .testbed/cache/bin/cluster, with symlinks
-#    kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl, etcd;
-#  - the node's runtime from testbed/node: containerd 2.x, its runc shim and ctr, and runc 1.5.x
-#    (cgo, -tags seccomp: Debian's runc 1.1 fails under containerd 2.x);
-#  - CoreDNS from testbed/coredns (only the plugins the cluster's Corefile uses);
-#  - Prometheus 2.x from its Go module (testbed/prometheus) -> .testbed/cache/bin/prometheus:
-#    Debian bookworm's `prometheus` package is built without kubernetes_sd_configs;
-#  - helm v3 from its Go module (testbed/helm, version pinned in its go.mod) -> .testbed/cache/bin/helm,
-#    for the chart tests (helm lint/template) and installing charts/fillprob-operator.
-# The first build compiles ~2,700 + ~1,300 Go packages: about 10 minutes on 2 cores (cold cache).
-# Later runs reuse a binary while it is newer than its module's go.mod, go.sum and main.go.
+#  - from the one Go module testbed/cluster, in one `go build` (CGO off, static), so the packages
+#    they share compile once:
+#    - the multi-call binary cluster, with symlinks kube-apiserver, kube-controller-manager,
+#      kube-scheduler, kubelet, kube-proxy, kubectl, etcd;
+#    - containerd 2.x, its runc shim and ctr (the release whose Kubernetes libraries are the
+#      control plane's own);
+#    - CoreDNS (testbed/cluster/coredns: only the plugins the cluster's Corefile uses);
+#    - helm v3 (the chart tests, installing charts/fillprob-operator);
+#  - runc 1.5.x from testbed/node (cgo, -tags seccomp: Debian's runc 1.1 fails under containerd 2.x);
+#  - Prometheus 2.x and promtool from testbed/prometheus: Debian bookworm's `prometheus` is built
+#    without kubernetes_sd_configs, and Prometheus 2.x needs older libraries than Kubernetes 1.36.
+# The testbed/cluster build needs only Go, so it starts first and the Debian packages install
+# beside it; runc and Prometheus follow in a second lane. Everything lands in .testbed/cache/bin.
+# Later runs reuse a binary while it is newer than its module's go.mod, go.sum and .go files.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,10 +24,12 @@ mkdir -p "$TB_BIN" "$TB_CACHE/logs"
 APT_LOG="$TB_CACHE/logs/apt.log"
 CLUSTER_SRC="$TB_SRC/cluster"
 PROMETHEUS_SRC="$TB_SRC/prometheus"
-HELM_SRC="$TB_SRC/helm"
 BINARY="$TB_BIN/cluster"
 NODE_SRC="$TB_SRC/node"
-COREDNS_SRC="$TB_SRC/coredns"
+# testbed/cluster's main packages, each built to .testbed/cache/bin/<last element of its path>.
+CLUSTER_PKGS=". ./coredns github.com/containerd/containerd/v2/cmd/containerd
+  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr
+  helm.sh/helm/v3/cmd/helm"
 COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd"
 
 # ---------------------------------------------------------------- Debian packages
@@ -69,14 +74,17 @@ step_apt() {
 }
 
 # ---------------------------------------------------------------- Go binaries
-# fresh BINARY SRC_DIR: the binary is newer than the module's go.mod, go.sum, its .go files and
-# overlays (when present).
+# fresh SRC_DIR BINARY...: every binary is newer than the module's go.mod, go.sum, its .go files
+# (those of its sub-packages too) and overlays (when present).
 fresh() {
-  local bin="$1" dir="$2" f
-  [ -x "$bin" ] || return 1
-  for f in "$dir/go.mod" "$dir/go.sum" "$dir"/*.go "$dir"/*.overlay; do
-    [ -e "$f" ] || continue
-    [ "$bin" -nt "$f" ] || return 1
+  local dir="$1" bin f
+  shift
+  for bin in "$@"; do
+    [ -x "$bin" ] || return 1
+    for f in "$dir/go.mod" "$dir/go.sum" "$dir"/*.go "$dir"/*/*.go "$dir"/*.overlay; do
+      [ -e "$f" ] || continue
+      [ "$bin" -nt "$f" ] || return 1
+    done
   done
 }
 
@@ -100,14 +108,14 @@ go_mod_version() {
 }
 
 # What helm's own Makefile sets: its version, and the Kubernetes version `helm lint` and
-# `helm template` assume (from the client-go that helm's go.mod pins: v0.34 -> 1.34).
+# `helm template` assume (from the client-go it is built with: v0.36 -> 1.36).
 helm_ldflags() {
   local hv kv
-  hv=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
-  kv=$(go_mod_version "$HELM_SRC" k8s.io/client-go)
+  hv=$(go_mod_version "$CLUSTER_SRC" helm.sh/helm/v3)
+  kv=$(go_mod_version "$CLUSTER_SRC" k8s.io/client-go)
   kv=${kv#v0.}
   kv=${kv%%.*}
-  echo "-s -w -X helm.sh/helm/v3/internal/version.version=$hv -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kv -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kv"
+  echo "-X helm.sh/helm/v3/internal/version.version=$hv -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kv -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kv"
 }
 
 check_go() {
@@ -116,13 +124,17 @@ check_go() {
   case "$GOVERSION_FOUND" in go1.26*) ;; *) tb_fail "go toolchain" "found $GOVERSION_FOUND, need go1.26.x (GOTOOLCHAIN=local)" "" ;; esac
 }
 
-# build_go LABEL MODULE_DIR PACKAGE OUTPUT LDFLAGS MINUTES [TAGS]: TAGS given = a cgo build with
-# them; TAGS "static" = CGO_ENABLED=0 (a binary for a FROM scratch image).
+# build_go LABEL MODULE_DIR "PACKAGES" "OUTPUTS" LDFLAGS MINUTES [TAGS]: one `go build` of the
+# module's PACKAGES, the i-th installed as the i-th of OUTPUTS (a package's binary is named after
+# the last element of its path). No TAGS: CGO_ENABLED=0 (static); TAGS: a cgo build with them.
 build_go() {
-  local label="$1" dir="$2" pkg="$3" out="$4" ld="$5" minutes="$6" tags="${7:-}"
+  local label="$1" dir="$2" ld="$5" minutes="$6" tags="${7:-}"
+  local -a pkgs outs
+  read -r -a pkgs <<<"$(echo $3)"
+  read -r -a outs <<<"$(echo $4)"
   local log="$TB_CACHE/logs/go-build-$label.log" modlog="$TB_CACHE/logs/go-mod-download-$label.log"
-  if fresh "$out" "$dir"; then
-    tb_step "$label: cached ($out is newer than ${dir#"$TB_REPO/"}/go.mod, go.sum)"
+  if fresh "$dir" "${outs[@]}"; then
+    tb_step "$label: cached (newer than ${dir#"$TB_REPO/"}/go.mod, go.sum and its .go files)"
     return
   fi
   check_go
@@ -130,19 +142,20 @@ build_go() {
   (cd "$dir" && go mod download -x) >"$modlog" 2>&1 ||
     tb_fail "$label: go mod download" "could not fetch the modules pinned in ${dir#"$TB_REPO/"}/go.sum" "$modlog"
   local total
-  total=$( (cd "$dir" && go list -deps "$pkg") 2>>"$modlog" | wc -l) ||
-    tb_fail "$label: go list" "package graph of $pkg does not resolve" "$modlog"
+  total=$( (cd "$dir" && go list -deps "${pkgs[@]}") 2>>"$modlog" | wc -l) ||
+    tb_fail "$label: go list" "package graph of ${pkgs[*]} does not resolve" "$modlog"
 
-  tb_step "$label: go build $pkg ($GOVERSION_FOUND, $total packages; cold cache: about $minutes min on 2 cores; log: $log)"
-  local tmp="$out.tmp.$$" start rc bpid last=-1 n
-  start=$(date +%s)
-  if [ "$tags" = static ]; then
-    (cd "$dir" && CGO_ENABLED=0 exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
-  elif [ -n "$tags" ]; then
-    (cd "$dir" && CGO_ENABLED=1 exec go build -v -trimpath -tags "$tags" -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
-  else
-    (cd "$dir" && exec go build -v -trimpath -ldflags "$ld" -o "$tmp" "$pkg") >"$log" 2>&1 &
+  tb_step "$label: go build ${#pkgs[@]} command(s) ($GOVERSION_FOUND, $total packages; cold cache: about $minutes min on 2 cores; log: $log)"
+  # -gcflags=all=-dwarf=false: no debug info is compiled that -ldflags=-w would drop anyway.
+  local tmp="$TB_BIN/.build-$label.$$" start rc bpid last=-1 n cgo=0 i
+  local -a flags=(-v -trimpath "-gcflags=all=-dwarf=false" -ldflags "$ld" -o "$tmp/")
+  if [ -n "$tags" ]; then
+    cgo=1
+    flags+=(-tags "$tags")
   fi
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  start=$(date +%s)
+  (cd "$dir" && CGO_ENABLED=$cgo exec go build "${flags[@]}" "${pkgs[@]}") >"$log" 2>&1 &
   bpid=$!
   while kill -0 $bpid 2>/dev/null; do
     n=$(grep -c -v -e '^#' -e ': ' "$log" 2>/dev/null || true)
@@ -154,11 +167,17 @@ build_go() {
   done
   wait $bpid && rc=0 || rc=$?
   if [ $rc -ne 0 ]; then
-    rm -f "$tmp"
-    tb_fail "$label: go build $pkg" "go build exited $rc after $(( $(date +%s) - start ))s" "$log"
+    rm -rf "$tmp"
+    tb_fail "$label: go build ${pkgs[*]}" "go build exited $rc after $(( $(date +%s) - start ))s" "$log"
   fi
-  mv -f "$tmp" "$out"
-  tb_info "built $out ($(du -h "$out" | cut -f1)) in $(( $(date +%s) - start ))s"
+  for i in "${!pkgs[@]}"; do
+    local built="$tmp/$(basename "${pkgs[$i]}")"
+    [ "${pkgs[$i]}" = . ] && built="$tmp/$(basename "$(cd "$dir" && go list -f '{{.ImportPath}}' .)")"
+    [ -x "$built" ] || tb_fail "$label: go build" "no binary $built for ${pkgs[$i]}" "$log"
+    mv -f "$built" "${outs[$i]}"
+  done
+  rm -rf "$tmp"
+  tb_info "built $(for o in "${outs[@]}"; do printf '%s (%s) ' "${o##*/}" "$(du -h "$o" | cut -f1)"; done)in $(( $(date +%s) - start ))s"
 }
 
 # prometheus_modfile: a go.mod for testbed/prometheus whose Prometheus is a copy of the module
@@ -176,48 +195,32 @@ prometheus_modfile() {
   echo "$mod"
 }
 
-# Two lanes side by side: on 2 cores one compiles while the other downloads modules or links
-# (single-threaded), which a sequence of builds leaves idle. Each lane stops at its first
-# failure (tb_fail has printed why); the step fails when either did.
+# Two lanes side by side. The cluster lane needs only Go, so it starts before the Debian
+# packages install; the tools lane (runc needs libseccomp-dev and gcc) starts after them. On 2
+# cores one lane compiles while the other downloads modules or links (single-threaded). Each
+# lane stops at its first failure (tb_fail has printed why); the build fails when either did.
 lane_cluster() {
-  build_go cluster "$CLUSTER_SRC" . "$BINARY" "$(k8s_ldflags)" 6-11
-  local rv
-  rv=$(go_mod_version "$NODE_SRC" github.com/opencontainers/runc)
-  build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
+  local cv outs="" p
+  cv=$(go_mod_version "$CLUSTER_SRC" github.com/containerd/containerd/v2)
+  for p in $CLUSTER_PKGS; do
+    case "$p" in .) outs+=" $BINARY" ;; *) outs+=" $TB_BIN/${p##*/}" ;; esac
+  done
+  build_go cluster "$CLUSTER_SRC" "$CLUSTER_PKGS" "$outs" \
+    "$(k8s_ldflags) $(helm_ldflags) -X github.com/containerd/containerd/v2/version.Version=$cv" 10-13
 }
 
 lane_tools() {
+  local rv
+  rv=$(go_mod_version "$NODE_SRC" github.com/opencontainers/runc)
+  build_go runc "$NODE_SRC" github.com/opencontainers/runc "$TB_BIN/runc" "-s -w -X main.version=${rv#v}" 1 seccomp
   local modfile=""
-  if ! fresh "$TB_BIN/prometheus" "$PROMETHEUS_SRC" || ! fresh "$TB_BIN/promtool" "$PROMETHEUS_SRC"; then
+  if ! fresh "$PROMETHEUS_SRC" "$TB_BIN/prometheus" "$TB_BIN/promtool"; then
     modfile=$(prometheus_modfile) || tb_fail "prometheus" "could not download or copy github.com/prometheus/prometheus" ""
   fi
-  GOFLAGS="$GOFLAGS -modfile=$modfile" build_go prometheus "$PROMETHEUS_SRC" \
-    github.com/prometheus/prometheus/cmd/prometheus "$TB_BIN/prometheus" "$(prometheus_ldflags)" 2-4
   # promtool of the same release: the dashboard and rule tests parse PromQL with it.
-  GOFLAGS="$GOFLAGS -modfile=$modfile" build_go promtool "$PROMETHEUS_SRC" \
-    github.com/prometheus/prometheus/cmd/promtool "$TB_BIN/promtool" "$(prometheus_ldflags)" 1-2
-  build_go helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$TB_BIN/helm" "$(helm_ldflags)" 3-5
-  local cv
-  cv=$(go_mod_version "$NODE_SRC" github.com/containerd/containerd/v2)
-  build_go containerd "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd "$TB_BIN/containerd" \
-    "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 4-6
-  build_go containerd-shim "$NODE_SRC" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
-    "$TB_BIN/containerd-shim-runc-v2" "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
-  build_go ctr "$NODE_SRC" github.com/containerd/containerd/v2/cmd/ctr "$TB_BIN/ctr" \
-    "-s -w -X github.com/containerd/containerd/v2/version.Version=$cv" 1
-  build_go coredns "$COREDNS_SRC" . "$TB_BIN/coredns" "-s -w" 2-3 static
-}
-
-step_go() {
-  check_go
-  local a b rc=0
-  lane_cluster &
-  a=$!
-  lane_tools &
-  b=$!
-  wait $a || rc=1
-  wait $b || rc=1
-  [ $rc = 0 ] || exit 1
+  GOFLAGS="$GOFLAGS -modfile=$modfile" build_go prometheus "$PROMETHEUS_SRC" \
+    "github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool" \
+    "$TB_BIN/prometheus $TB_BIN/promtool" "$(prometheus_ldflags)" 3-5
 }
 
 step_links() {
@@ -234,8 +237,8 @@ step_links() {
   pv=${pv%%$'\n'*}
   local hv want
   hv=$("$TB_BIN/helm" version --short 2>&1) || tb_fail "check binary" "$TB_BIN/helm version failed: $hv" ""
-  want=$(go_mod_version "$HELM_SRC" helm.sh/helm/v3)
-  case "$hv" in "$want"*) ;; *) tb_fail "check binary" "helm reports '$hv', expected $want (testbed/helm/go.mod)" "" ;; esac
+  want=$(go_mod_version "$CLUSTER_SRC" helm.sh/helm/v3)
+  case "$hv" in "$want"*) ;; *) tb_fail "check binary" "helm reports '$hv', expected $want (testbed/cluster/go.mod)" "" ;; esac
   local cdv rv rcv
   cdv=$("$TB_BIN/containerd" --version 2>&1) || tb_fail "check binary" "containerd --version failed: $cdv" ""
   cdv=$(awk '{print $3}' <<<"$cdv")
@@ -255,13 +258,30 @@ step_images_prefetch() {
   PREFETCH_PID=$!
 }
 
+# kill_tree PID: PID and every process under it (a failed step must not leave a go build behind).
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+
+check_go
+lane_cluster &
+CLUSTER_LANE=$!
+trap 'kill_tree $CLUSTER_LANE; [ -z "${TOOLS_LANE:-}" ] || kill_tree $TOOLS_LANE' EXIT
 step_apt
 step_images_prefetch
-step_go
+lane_tools &
+TOOLS_LANE=$!
+rc=0
+wait $CLUSTER_LANE || rc=1
+wait $TOOLS_LANE || rc=1
+[ $rc = 0 ] || exit 1
+trap - EXIT
 step_links
 if wait "$PREFETCH_PID"; then
-  tb_step "image downloads: $(grep -h -e 'reused' -e 'in [0-9]*s' "$PREFETCH_LOG" | sed 's/^ *//; s/^==> \[[0-9]*s\] //' | tr '\n' ';' | sed 's/;$//')"
+  tb_step "images beside the Go builds (base, wheels, grinder-sim, fillprob-operator): $(grep -h -e 'reused' -e 'in [0-9]*s' "$PREFETCH_LOG" | sed 's/^ *//; s/^==> \[[0-9]*s\] //' | tr '\n' ';' | sed 's/;$//')"
 else
-  tb_fail "image downloads (testbed/images.sh prefetch)" "debootstrap or pip download failed" "$PREFETCH_LOG"
+  tb_fail "images beside the Go builds (testbed/images.sh prefetch)" "debootstrap, pip download or an image build failed" "$PREFETCH_LOG"
 fi
 tb_step "build done in $(tb_elapsed)"

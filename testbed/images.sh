@@ -34,7 +34,7 @@ TB_BASE_SUITE="bookworm"
 TB_BASE_PACKAGES="python3,python3-venv,ca-certificates"
 TB_IMG_BASE="localhost/fillprob-base:$TB_BASE_SUITE"
 TB_PAUSE_TAG="3.10.2"    # k8s.io/kubernetes build/pause/Makefile TAG at $TB_K8S_VERSION
-TB_COREDNS_TAG="1.14.7"  # github.com/coredns/coredns in testbed/coredns/go.mod
+TB_COREDNS_TAG="1.13.2"  # github.com/coredns/coredns in testbed/cluster/go.mod
 TB_IMG_PAUSE="localhost/testbed/pause:$TB_PAUSE_TAG"
 TB_IMG_COREDNS="localhost/testbed/coredns:$TB_COREDNS_TAG"
 TB_IMG_GRINDER="grinder-sim:local"
@@ -273,7 +273,7 @@ step_pause_context() {
 # capability upstream's image gives it. A copy, so the capability stays off the build output.
 step_coredns_context() {
   local bin="${TB_COREDNS_BIN:-$TB_BIN/coredns}" out="$TB_IMAGES_CTX/coredns" v
-  [ -x "$bin" ] || tb_fail "coredns image" "$bin not found: run testbed/build.sh first (builds testbed/coredns)" ""
+  [ -x "$bin" ] || tb_fail "coredns image" "$bin not found: run testbed/build.sh first (builds testbed/cluster/coredns)" ""
   v=$("$bin" -version 2>&1) || true
   v=${v%%$'\n'*}  # the first line (no `| head -1`: a SIGPIPE'd writer fails the pipeline)
   case "$v" in "CoreDNS-$TB_COREDNS_TAG"*) ;;
@@ -349,9 +349,10 @@ tb_images_build() {
   ) 9>"$TB_CACHE/images.lock"
 }
 
-# tb_images_prefetch: only the downloads (the base rootfs by debootstrap, the operator's
-# wheels), under the same lock: testbed/build.sh runs it beside the Go builds on a cold
-# machine, so the network waits overlap the compiles.
+# tb_images_prefetch: what needs no Go binary (the base rootfs by debootstrap, the operator's
+# wheels, the simulator's and the operator's images), under the same lock: testbed/build.sh
+# runs it beside the Go builds on a cold machine, so the network waits and the image builds
+# overlap the compiles; `build` then finds those two images cached.
 tb_images_prefetch() {
   command -v buildah >/dev/null || tb_fail "images" "buildah not found (apt-get install buildah)" ""
   mkdir -p "$TB_IMAGES_DIR" "$TB_BUILDAH/tmp" "$TB_CACHE/logs" "$TB_CACHE/rootfs" "$TB_IMAGES_CTX"
@@ -359,13 +360,26 @@ tb_images_prefetch() {
     flock 9
     step_base
     step_wheels
+    build_python_images
   ) 9>"$TB_CACHE/images.lock"
 }
 
-images_build_locked() {
-  local t0 wheels_flag
-  t0=$(date +%s)
+# build_python_images: the simulator's and the operator's images (Dockerfiles of the repo).
+build_python_images() {
   [ -n "$TB_PROJECT_VERSION" ] || tb_fail "images" "no version = \"...\" in pyproject.toml" ""
+  build_image grinder-sim "$TB_IMG_GRINDER" "$TB_REPO/sim/grinder/Dockerfile" "$TB_REPO/sim/grinder" \
+    "sim/grinder/Dockerfile sim/grinder/grinder_sim.py sim/grinder/scripts/__init__.py sim/grinder/scripts/preflight_fill_prob.py" \
+    --build-arg "BASE=$TB_IMG_BASE"
+  # The wheels are mounted read-only for the builder stage's `pip install --no-index`.
+  build_image fillprob-operator "$TB_IMG_OPERATOR" "$TB_REPO/Dockerfile" "$TB_REPO" \
+    "Dockerfile .dockerignore requirements.lock pyproject.toml operator" \
+    --build-arg "BASE=$TB_IMG_BASE" --build-arg "VERSION=$TB_PROJECT_VERSION" --build-arg PIP_OFFLINE=1 \
+    -v "$TB_WHEELS:/wheels:ro"
+}
+
+images_build_locked() {
+  local t0
+  t0=$(date +%s)
 
   step_base
   step_wheels
@@ -376,15 +390,7 @@ images_build_locked() {
     "testbed/images/pause/Dockerfile $TB_IMAGES_CTX/pause/pause"
   build_image coredns "$TB_IMG_COREDNS" "$TB_SRC/images/coredns/Dockerfile" "$TB_IMAGES_CTX/coredns" \
     "testbed/images/coredns/Dockerfile $TB_IMAGES_CTX/coredns/coredns"
-  build_image grinder-sim "$TB_IMG_GRINDER" "$TB_REPO/sim/grinder/Dockerfile" "$TB_REPO/sim/grinder" \
-    "sim/grinder/Dockerfile sim/grinder/grinder_sim.py sim/grinder/scripts/__init__.py sim/grinder/scripts/preflight_fill_prob.py" \
-    --build-arg "BASE=$TB_IMG_BASE"
-  # The wheels are mounted read-only for the builder stage's `pip install --no-index`.
-  wheels_flag="$TB_WHEELS:/wheels:ro"
-  build_image fillprob-operator "$TB_IMG_OPERATOR" "$TB_REPO/Dockerfile" "$TB_REPO" \
-    "Dockerfile .dockerignore requirements.lock pyproject.toml operator" \
-    --build-arg "BASE=$TB_IMG_BASE" --build-arg "VERSION=$TB_PROJECT_VERSION" --build-arg PIP_OFFLINE=1 \
-    -v "$wheels_flag"
+  build_python_images
 
   tb_step "images ready in $TB_IMAGES_DIR ($(( $(date +%s) - t0 ))s):"
   local row

@@ -1,7 +1,7 @@
 """The Helm chart (charts/fillprob-operator): lint, render, least-privilege RBAC, pod hardening.
 
 Needs helm: `make testbed-build` builds it into .testbed/cache/bin/helm (version pinned in
-testbed/helm/go.mod); $HELM or a `helm` on PATH also do. Without helm these tests FAIL.
+testbed/cluster/go.mod); $HELM or a `helm` on PATH also do. Without helm these tests FAIL.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def helm_binary() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.fail(
-        "helm not found: run `make testbed-build` (builds .testbed/cache/bin/helm from testbed/helm), "
+        "helm not found: run `make testbed-build` (builds .testbed/cache/bin/helm from testbed/cluster), "
         "or set HELM=/path/to/helm",
         pytrace=False,
     )
