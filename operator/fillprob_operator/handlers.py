@@ -94,6 +94,9 @@ def configure(settings: kopf.OperatorSettings, config: Settings) -> None:
         settings.peering.standalone = False
         settings.peering.mandatory = True
         settings.peering.name = config.peering
+        # Distinct priorities, or kopf pauses every replica (equal priorities "conflict").
+        settings.peering.priority = config.peering_priority
+        settings.peering.lifetime = config.peering_lifetime
 
 
 def build_runtime(

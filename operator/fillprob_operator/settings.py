@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -32,6 +33,13 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     # "standalone" (one replica, no peering) or the name of a KopfPeering object.
     peering: str = "standalone"
+    # kopf pauses every replica that sees a live peer of higher OR EQUAL priority, so replicas
+    # must differ: by default the earlier-started replica wins (minus its start time in ms),
+    # so a replica that starts beside an active one stays standby instead of taking over.
+    peering_priority: int = 0
+    # Seconds a replica's peering record lives without a keepalive: a standby takes over at
+    # most this long after the active replica died.
+    peering_lifetime: int = 30
     # Threads for the blocking Kubernetes and Prometheus clients.
     io_threads: int = 16
 
@@ -43,8 +51,20 @@ class Settings:
         return (host or "0.0.0.0"), int(port)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, now: float | None = None) -> "Settings":
         env = os.environ if environ is None else environ
+        started = time.time() if now is None else now
+        priority_text = env.get("FILLPROB_PEERING_PRIORITY", "").strip()
+        try:
+            priority = int(priority_text) if priority_text else -int(started * 1000)
+        except ValueError:
+            raise ValueError(f"FILLPROB_PEERING_PRIORITY={priority_text!r}: want an integer") from None
+        lifetime_text = env.get("FILLPROB_PEERING_LIFETIME", "30").strip()
+        if not lifetime_text.isdigit() or not 15 <= int(lifetime_text) <= 3600:
+            raise ValueError(
+                f"FILLPROB_PEERING_LIFETIME={lifetime_text!r}: want whole seconds from 15 to 3600 "
+                "(kopf renews the record 5-10 s before it expires)"
+            )
         lookback = env.get("FILLPROB_PROMETHEUS_LOOKBACK", "1m").strip()
         if not _LOOKBACK.match(lookback):
             raise ValueError(
@@ -71,5 +91,7 @@ class Settings:
             metrics_addr=metrics_addr,
             namespaces=namespaces,
             peering=env.get("FILLPROB_PEERING", "standalone").strip() or "standalone",
+            peering_priority=priority,
+            peering_lifetime=int(lifetime_text),
             io_threads=max(2, int(env.get("FILLPROB_IO_THREADS", "16"))),
         )

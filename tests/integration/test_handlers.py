@@ -406,9 +406,23 @@ def test_startup_configures_kopf_and_serves_metrics(tmp_path, monkeypatch):
 
 def test_named_peering():
     settings = kopf.OperatorSettings()
-    handlers.configure(settings, Settings(peering="grinder-operators"))
+    handlers.configure(settings, Settings(peering="grinder-operators", peering_priority=-7, peering_lifetime=20))
     assert (settings.peering.standalone, settings.peering.mandatory, settings.peering.name) == (
         False, True, "grinder-operators")
+    # Equal priorities make kopf pause every replica: each replica brings its own.
+    assert (settings.peering.priority, settings.peering.lifetime) == (-7, 20)
+
+
+def test_replicas_started_apart_get_distinct_priorities_the_earlier_one_higher():
+    first = Settings.from_env({"FILLPROB_PEERING": "p"}, now=1_000.000)
+    second = Settings.from_env({"FILLPROB_PEERING": "p"}, now=1_000.001)
+    assert first.peering_priority > second.peering_priority
+    assert Settings.from_env({"FILLPROB_PEERING_PRIORITY": "5"}).peering_priority == 5
+    assert Settings.from_env({}).peering_lifetime == 30
+    for bad in ({"FILLPROB_PEERING_PRIORITY": "high"}, {"FILLPROB_PEERING_LIFETIME": "5"},
+                {"FILLPROB_PEERING_LIFETIME": "30s"}):
+        with pytest.raises(ValueError, match="FILLPROB_PEERING"):
+            Settings.from_env(bad)
 
 
 def test_handlers_are_registered_for_fillprobrollouts():

@@ -183,7 +183,10 @@ def test_peering_follows_replicas(default_docs):
     assert rule_tuples(one(docs, "ClusterRole")) == NAMESPACED_RULES | CRD_DISCOVERY | CLUSTER_PEERING
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(container)["FILLPROB_PEERING"] == peering["metadata"]["name"]
+    assert env_of(container)["FILLPROB_PEERING_LIFETIME"] == "30"
     assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "FILLPROB_PEERING_LIFETIME" not in env_of(
+        one(default_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
 
 
 # ---------------------------------------------------------------------------- the operator pod
