@@ -284,4 +284,15 @@ if wait "$PREFETCH_PID"; then
 else
   tb_fail "images beside the Go builds (testbed/images.sh prefetch)" "debootstrap, pip download or an image build failed" "$PREFETCH_LOG"
 fi
-tb_step "build done in $(tb_elapsed)"
+# The CPU the build's processes used (user + system, all finished children): on a shared or
+# busy machine the wall time varies, this much less.
+children_cpu() {
+  local f="$TB_CACHE/logs/times.txt"
+  times >"$f"  # here, not in a pipe or $(...): a subshell has no children of its own
+  awk 'NR == 2 {
+    n = split($1 " " $2, t, " "); s = 0
+    for (i = 1; i <= n; i++) { split(t[i], p, "m"); sub("s", "", p[2]); s += p[1] * 60 + p[2] }
+    printf "%d", s }' "$f"
+}
+children_cpu >"$TB_CACHE/logs/cpu.txt"
+tb_step "build done in $(tb_elapsed) (CPU: $(cat "$TB_CACHE/logs/cpu.txt") s of user + system time in its processes, on $(nproc) cores)"
