@@ -145,6 +145,29 @@ def ensure_crd(api: client.ApiClient) -> None:
     wait_for("CRD Established", established, 30)
 
 
+PEERING_CRDS_FILE = REPO_ROOT / "charts" / "fillprob-operator" / "crds" / "kopf-peerings.yaml"
+
+
+def ensure_peering_crds(api: client.ApiClient) -> None:
+    """kopf's peering CRDs (the chart's crds/kopf-peerings.yaml), for operator processes run with
+    FILLPROB_PEERING: created when missing, never replaced (a `helm install` may own them; helm
+    skips CRDs that exist). Safe when several pytest-xdist workers run it at once."""
+    ext = client.ApiextensionsV1Api(api)
+    for manifest in yaml.safe_load_all(PEERING_CRDS_FILE.read_text()):
+        name = manifest["metadata"]["name"]
+        try:
+            ext.create_custom_resource_definition(manifest)
+        except client.ApiException as exc:
+            if exc.status != 409:  # 409: there already, or another worker created it first
+                raise
+
+        def established(name: str = name) -> bool:
+            crd = ext.read_custom_resource_definition(name)
+            return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+        wait_for(f"CRD {name} Established", established, 30)
+
+
 @dataclass
 class Env:
     """One test's world: its namespace, clients, and helpers on its Deployment and rollout."""
