@@ -369,7 +369,8 @@ class Reconciler:
             namespace, name, self.clock.now().timestamp(), interval,
             {str(c.get("type")): str(c.get("status")) for c in new.get("conditions") or () if c.get("type")},
         )
-        self._log_transition(namespace, name, raw_status, new, result)
+        if result.status_refused is None:  # else the executor said what ran (status_not_written)
+            self._log_transition(namespace, name, raw_status, new, result)
         return TickOutcome(interval, phase=phase, state=state)
 
     async def _remove_alerts(self, namespace: str, name: str, annotations: list[str]) -> None:

@@ -23,13 +23,23 @@ Response codes, chosen for Alertmanager's retry rules (it retries 5xx, not 4xx):
   in one list with the reason; accepted = stored (an invalid `rollback` label, or a rollout
   that does not exist or is in a namespace this operator does not watch, rejects that alert
   only);
-- 400: not JSON, or not a version-4 webhook payload;
+- 400: not JSON, or not a version-4 webhook payload, or a body that cannot be decoded (a bad
+  Content-Encoding, a broken chunked or short Content-Length body);
 - 401: missing or wrong bearer token, or the receiver has no token configured (fail closed);
-- 413: a body over `max_body_bytes`;
+- 408: the body did not arrive within `body_timeout` seconds (a stalled or trickling client);
+- 413: a body over `max_body_bytes` (counted as received and decoded, whatever Content-Length
+  says; chunked bodies too);
 - 503: storing an alert failed (the API server unreachable, or refusing the write): the body
   has the lists above plus `failed` and `error`; Alertmanager retries the payload, and alerts
   stored meanwhile stay stored (a retry reports them as duplicates or stores them again).
 `GET /healthz` answers 200 without a token.
+
+Bad input never costs more than one request's worth (tests/unit/test_webhook_bad_input.py): the
+token is checked before the body is read, a body is read no further than `max_body_bytes` + 1
+(decoded) bytes within `body_timeout`, and every answer above is given by this handler, never a
+500 from an exception it let through. 408 and 413 close the connection (what is left of the body
+is not wanted). Connections are independent: one stalled client holds only its own connection,
+and one that never completes its request headers is closed after `keepalive_timeout`.
 
 `submit` returns True when the request is stored, False when `<namespace>/<name>` is no
 FillProbRollout this operator could act on (reported as rejected), and raises when the store
@@ -39,6 +49,7 @@ any other (unreachable, timed out) fails the rest of the payload without trying 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import json
@@ -52,6 +63,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Union
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .api import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
@@ -62,6 +74,12 @@ logger = logging.getLogger("fillprob_operator.webhook")
 ALERTMANAGER_PATH = "/alertmanager"
 HEALTHZ_PATH = "/healthz"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
+# A body must arrive within this (a whole-body deadline, so trickling a byte now and then does
+# not hold a connection forever); Alertmanager sends a few KiB at once.
+DEFAULT_BODY_TIMEOUT_SECONDS = 10.0
+# A connection idle, or still sending its request headers, this long is closed (aiohttp's
+# run_app default; its bare server default is an hour).
+DEFAULT_KEEPALIVE_TIMEOUT_SECONDS = 75.0
 
 # Alert labels this receiver reads (API.md).
 ROLLOUT_LABEL = "fillprob_rollout"
@@ -78,6 +96,9 @@ ALERT_FIRED = "AlertFired"
 SEEN_KEYS = 4096
 # Evidence goes into status.history; keep one chatty annotation from bloating it.
 MAX_EVIDENCE_VALUE = 1024
+# The request key (fingerprint + startsAt) goes into status.requestKeys and history; Alertmanager's
+# fingerprints are 16 hex digits. A longer one rejects that alert only.
+MAX_FINGERPRINT = 128
 
 # RFC 1123 label (namespace) and subdomain (object name), as the API server checks them.
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
@@ -127,11 +148,11 @@ class PayloadError(ValueError):
     """The body is not an Alertmanager version-4 webhook payload."""
 
 
-def parse_payload(body: bytes) -> WebhookPayload:
+def parse_payload(body: bytes | bytearray) -> WebhookPayload:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..."
+        raise PayloadError(f"body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise PayloadError("body is not a JSON object (want Alertmanager's webhook payload)")
     try:
@@ -158,9 +179,11 @@ class Verdict:
 
 
 def alert_source(alert: Alert) -> str:
-    """`AlertName{label="value",...}` (alertname and all labels, sorted), as Prometheus prints it."""
+    """`AlertName{label="value",...}` (alertname and all labels, sorted), as Prometheus prints it;
+    clipped like the evidence (it is stored in status.history too)."""
     labels = ",".join(f'{k}={json.dumps(v)}' for k, v in sorted(alert.labels.items()) if k != "alertname")
-    return f"{alert.labels.get('alertname', '<no alertname>')}{{{labels}}}"
+    source = f"{alert.labels.get('alertname', '<no alertname>')}{{{labels}}}"
+    return source if len(source) <= MAX_EVIDENCE_VALUE else source[:MAX_EVIDENCE_VALUE] + "..."
 
 
 def _clip(values: Mapping[str, str]) -> dict[str, str]:
@@ -182,6 +205,9 @@ def judge(alert: Alert) -> Verdict:
         return Verdict("ignored", {**summary, "reason": "resolved: only firing alerts roll back"})
     if not name or not namespace:
         return Verdict("ignored", {**summary, "reason": f"no {ROLLOUT_LABEL} and {NAMESPACE_LABEL} labels"})
+    if len(alert.fingerprint) > MAX_FINGERPRINT:
+        summary["fingerprint"] = alert.fingerprint[:MAX_FINGERPRINT] + "..."
+        return Verdict("rejected", {**summary, "reason": f"fingerprint longer than {MAX_FINGERPRINT} characters"})
     if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
         return Verdict("rejected", {**summary, "reason": f"label {NAMESPACE_LABEL}={namespace!r} is not a namespace name"})
     if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
@@ -211,52 +237,104 @@ def judge(alert: Alert) -> Verdict:
 # ---------------------------------------------------------------------------- HTTP
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, *, close: bool = False) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    if close:  # the rest of this connection's bytes are not wanted (aiohttp drains, then closes)
+        response.force_close()
+    return response
+
+
+def _credential(value: str) -> bytes:
+    """A header value as the bytes the client sent: aiohttp decodes headers as UTF-8 with
+    surrogateescape, so this is exact (a plain "replace" would make b"\\xff" equal "?")."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 def _authorized(header: str | None, token: str) -> bool:
+    """`Bearer <token>`, the token byte for byte; only HTTP's own whitespace (space, tab) around
+    it is ignored (str.strip() would also drop a no-break space and other Unicode spaces)."""
     scheme, _, presented = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented = presented.strip(" \t")
+    if scheme.lower() != "bearer" or not presented:
         return False
-    return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token.encode("utf-8", "replace"))
+    try:
+        expected = token.encode("utf-8")
+    except UnicodeEncodeError:  # a token that no client can send
+        return False
+    return hmac.compare_digest(_credential(presented), expected)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is over `limit` (read no further than limit + 1 bytes)."""
+@dataclass(frozen=True)
+class _Unread:
+    """Why the body was not read: the answer to give (the connection is closed after it)."""
+
+    status: int
+    message: str
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytearray | _Unread:
+    """The body, or why not: over `limit` (read no further than limit + 1 decoded bytes, kept in
+    one buffer, never copied), not complete within `timeout` seconds, or not decodable."""
     if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks, size = [], 0
-    while True:
-        chunk = await request.content.read(min(65536, limit + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
+        return _Unread(413, f"body over {limit} bytes (Content-Length {request.content_length})")
+    body = bytearray()
+
+    async def read() -> bool:
+        while True:
+            chunk = await request.content.read(min(65536, limit + 1 - len(body)))
+            if not chunk:
+                return True
+            body.extend(chunk)
+            if len(body) > limit:
+                return False
+
+    try:
+        complete = await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        return _Unread(408, f"body not received within {timeout:g}s")
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # bad gzip/deflate, broken chunks
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        return _Unread(400, f"body unreadable: {why}"[:300])
+    if not complete:
+        return _Unread(413, f"body over {limit} bytes")
+    return body
 
 
 class _Receiver:
-    def __init__(self, token_provider: TokenProvider, submit: Submit, max_body_bytes: int) -> None:
+    def __init__(self, token_provider: TokenProvider, submit: Submit, max_body_bytes: int,
+                 body_timeout: float) -> None:
         self.token_provider = token_provider
         self.submit = submit
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.seen: OrderedDict[str, None] = OrderedDict()
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def _token(self) -> str | None:
+        try:
+            return self.token_provider()
+        except Exception as exc:  # fail closed: a broken provider refuses, never answers 500
+            logger.warning("event=webhook_token_unreadable error=%s", json.dumps(repr(exc)))
+            return None
+
     async def alertmanager(self, request: web.Request) -> web.Response:
-        token = self.token_provider()
+        token = self._token()
         if not token:
             logger.warning("event=webhook_refused why=no_token_configured")
             return _error(401, "the receiver has no bearer token configured; refusing every request")
         if not _authorized(request.headers.get("Authorization"), token):
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-        body = await _read_body(request, self.max_body_bytes)
-        if body is None:
-            return _error(413, f"body over {self.max_body_bytes} bytes")
+        try:
+            body = await _read_body(request, self.max_body_bytes, self.body_timeout)
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            logger.info("event=webhook_client_gone remote=%s", request.remote)
+            return _error(400, "connection lost while reading the body", close=True)
+        if isinstance(body, _Unread):
+            logger.warning("event=webhook_body_refused status=%d remote=%s error=%s",
+                           body.status, request.remote, json.dumps(body.message))
+            return _error(body.status, body.message, close=True)
         try:
             payload = parse_payload(body)
         except PayloadError as exc:
@@ -323,9 +401,10 @@ def make_webhook_app(
     token_provider: TokenProvider,
     submit: Submit,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
 ) -> web.Application:
     """The receiver as an aiohttp Application; serve it with `start_webhook_server`."""
-    receiver = _Receiver(token_provider, submit, max_body_bytes)
+    receiver = _Receiver(token_provider, submit, max_body_bytes, body_timeout)
     # The body is read by hand (413 past the limit); client_max_size guards any other reader.
     app = web.Application(client_max_size=max_body_bytes + 1)
     app.router.add_post(ALERTMANAGER_PATH, receiver.alertmanager)
@@ -333,9 +412,16 @@ def make_webhook_app(
     return app
 
 
-async def start_webhook_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start serving on host:port in the running loop; `await runner.cleanup()` stops it."""
-    runner = web.AppRunner(app, access_log=None)
+async def start_webhook_server(
+    app: web.Application, host: str, port: int,
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+    shutdown_timeout: float = 60.0,
+) -> web.AppRunner:
+    """Start serving on host:port in the running loop; `await runner.cleanup()` stops it,
+    waiting up to `shutdown_timeout` for requests in flight (aiohttp's default). Port 0 picks a
+    free port (`runner.addresses`)."""
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout,
+                           shutdown_timeout=shutdown_timeout)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -354,7 +440,7 @@ def token_from_file(path: str | os.PathLike[str]) -> TokenProvider:
     def provider() -> str | None:
         try:
             return file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:  # not UTF-8: no client could send it
             logger.warning("event=webhook_token_unreadable path=%s error=%s", json.dumps(str(file)), json.dumps(str(exc)))
             return None
 

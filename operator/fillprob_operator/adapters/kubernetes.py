@@ -417,6 +417,15 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def label_value(name: str) -> str:
+    """An object name as a label value: as it is up to 63 characters; a longer one (object names
+    go to 253) is cut and made unique with a hash of the whole, `<first 52>-<10 hex>`. The API
+    server refuses a label value over 63 characters (a 422: no preflight Job at all)."""
+    if len(name) <= 63:
+        return name
+    return name[:52].rstrip("-.") + "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+
+
 def preflight_job_body(
     owner: Mapping[str, Any], deployment: Mapping[str, Any], action: RunPreflight
 ) -> dict[str, Any]:
@@ -430,7 +439,7 @@ def preflight_job_body(
     labels = {
         **MANAGED_BY,
         "app.kubernetes.io/component": "preflight",
-        "grinder.io/fillprobrollout": _meta(owner)["name"],
+        "grinder.io/fillprobrollout": label_value(_meta(owner)["name"]),
     }
     job_container: dict[str, Any] = {
         "name": PREFLIGHT_CONTAINER,
@@ -508,6 +517,16 @@ def event_body(
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def api_message(exc: ApiException, limit: int = 300) -> str:
+    """": <message>" from the API server's Status body, clipped; "" when there is none."""
+    try:
+        message = json.loads(exc.body or "{}").get("message") or ""
+    except (ValueError, AttributeError, TypeError):
+        message = ""
+    message = " ".join(str(message).split())
+    return f": {message[:limit]}{'...' if len(message) > limit else ''}" if message else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -610,7 +629,11 @@ class KubernetesAdapter:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise KubernetesError(f"patch status {namespace}/{name}: {exc.status} {exc.reason}") from exc
+            # The status (so the executor can tell a refusal from silence) and the API server's
+            # own words, e.g. which field is too long or invalid.
+            raise KubernetesError(
+                f"patch status {namespace}/{name}: {exc.status} {exc.reason}{api_message(exc)}", status=exc.status
+            ) from exc
 
     async def clear_rollback_annotation(
         self, namespace: str, name: str, expected: str, *, with_reason: bool = False
@@ -798,6 +821,10 @@ class KubernetesAdapter:
         if container is None:
             raise KubernetesError(f"container {action.container!r} not found in Deployment {name!r}")
         body = env_patch_body(container, action)
+        if not body["spec"]["template"]:
+            # Nothing to set and no token (a status whose restart has an empty token): an
+            # empty patch is a write per tick that changes nothing.
+            return False
         try:
             after = self._to_dict(
                 await self._call(
