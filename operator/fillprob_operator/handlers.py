@@ -161,7 +161,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         served = memo.metrics.serve(*config.metrics_host_port)
     webhook = WebhookConfig.from_env()
     if webhook is not None:
-        app = make_webhook_app(webhook.token_provider, functools.partial(submit_rollback, memo))
+        app = make_webhook_app(
+            webhook.token_provider, functools.partial(submit_rollback, memo),
+            ready=functools.partial(can_store_alerts, memo),
+        )
         memo.webhook_runner = await start_webhook_server(app, webhook.host, webhook.port)
     logger.info(kv(
         "startup", prometheus_url=config.prometheus_url, lookback=config.prometheus_lookback,
@@ -169,6 +172,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         webhook=f"{webhook.host}:{webhook.port}" if webhook else "off",
         namespaces=",".join(config.namespaces) or "*", peering=config.peering,
     ))
+
+
+# How long one answer of the API server stands for readiness (probes come every few seconds).
+READY_CHECK_SECONDS = 5.0
+
+
+async def can_store_alerts(memo: Any) -> str | None:
+    """Why this replica cannot store an alert now, or None: the API server must answer
+    (one GET /api/v1 per READY_CHECK_SECONDS at most, whatever the probe rate)."""
+    now = asyncio.get_running_loop().time()
+    checked_at, problem = memo.get("ready_check", (None, None))
+    if checked_at is not None and now - checked_at < READY_CHECK_SECONDS:
+        return problem
+    try:
+        await memo.kube.ping()
+        problem = None
+    except KubernetesError as exc:
+        problem = f"the API server does not answer: {exc}"
+    memo.ready_check = (now, problem)
+    return problem
 
 
 def watched(config: Settings, namespace: str) -> bool:

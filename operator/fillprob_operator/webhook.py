@@ -32,7 +32,9 @@ Response codes, chosen for Alertmanager's retry rules (it retries 5xx, not 4xx):
 - 503: storing an alert failed (the API server unreachable, or refusing the write): the body
   has the lists above plus `failed` and `error`; Alertmanager retries the payload, and alerts
   stored meanwhile stay stored (a retry reports them as duplicates or stores them again).
-`GET /healthz` answers 200 without a token.
+`GET /healthz` answers 200 without a token. `GET /readyz` (no token) answers 200 when this
+replica can take an alert now (a token is configured, `ready()` reports no problem: the API
+server answers), else 503 with why: the chart's readiness probe.
 
 Bad input never costs more than one request's worth (tests/unit/test_webhook_bad_input.py): the
 token is checked before the body is read, a body is read no further than `max_body_bytes` + 1
@@ -73,6 +75,7 @@ logger = logging.getLogger("fillprob_operator.webhook")
 
 ALERTMANAGER_PATH = "/alertmanager"
 HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 # A body must arrive within this (a whole-body deadline, so trickling a byte now and then does
 # not hold a connection forever); Alertmanager sends a few KiB at once.
@@ -106,6 +109,8 @@ _DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 
 TokenProvider = Callable[[], Union[str, None]]
 Submit = Callable[[RollbackRequest, str, str], Union[Awaitable[bool], bool]]
+# What keeps this replica from storing an alert now ("" or None: nothing).
+Ready = Callable[[], Awaitable[Union[str, None]]]
 
 
 # ---------------------------------------------------------------------------- payload
@@ -302,15 +307,28 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytear
 
 class _Receiver:
     def __init__(self, token_provider: TokenProvider, submit: Submit, max_body_bytes: int,
-                 body_timeout: float) -> None:
+                 body_timeout: float, ready: Ready | None = None) -> None:
         self.token_provider = token_provider
         self.submit = submit
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.ready = ready
         self.seen: OrderedDict[str, None] = OrderedDict()
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        """200 when this replica can take an alert now: a token is configured and `ready()`
+        (the API server answers, so an alert can be stored) says nothing is wrong; else 503
+        with why. The chart's readiness probe, so the Service sends alerts only where they
+        can be stored."""
+        if not self._token():
+            return web.json_response({"status": "not ready", "why": "no bearer token configured"}, status=503)
+        problem = await self.ready() if self.ready is not None else None
+        if problem:
+            return web.json_response({"status": "not ready", "why": problem}, status=503)
+        return web.json_response({"status": "ready"})
 
     def _token(self) -> str | None:
         try:
@@ -402,13 +420,15 @@ def make_webhook_app(
     submit: Submit,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+    ready: Ready | None = None,
 ) -> web.Application:
     """The receiver as an aiohttp Application; serve it with `start_webhook_server`."""
-    receiver = _Receiver(token_provider, submit, max_body_bytes, body_timeout)
+    receiver = _Receiver(token_provider, submit, max_body_bytes, body_timeout, ready)
     # The body is read by hand (413 past the limit); client_max_size guards any other reader.
     app = web.Application(client_max_size=max_body_bytes + 1)
     app.router.add_post(ALERTMANAGER_PATH, receiver.alertmanager)
     app.router.add_get(HEALTHZ_PATH, receiver.healthz)
+    app.router.add_get(READYZ_PATH, receiver.readyz)
     return app
 
 

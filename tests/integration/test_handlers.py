@@ -30,7 +30,7 @@ from fake_world import (
 )
 
 from fillprob_operator import handlers
-from fillprob_operator.adapters.kubernetes import alert_annotation_name, is_alert_annotation
+from fillprob_operator.adapters.kubernetes import KubernetesError, alert_annotation_name, is_alert_annotation
 from fillprob_operator.api import parse_spec
 from fillprob_operator.domain.actions import ClearRollbackAnnotation, EmitEvent, PatchEnv, RunPreflight
 from fillprob_operator.domain.observations import JobState, RollbackRequest
@@ -711,3 +711,33 @@ def test_a_stored_alert_is_no_change_to_kopf_and_wakes_the_daemon(world, monkeyp
         await until(lambda: not memo.owners)
 
     asyncio.run(scenario())
+
+
+def test_readiness_asks_the_api_server_at_most_once_per_few_seconds():
+    """/readyz (the chart's readiness probe) is as good as the API server's last answer, asked
+    at most once per READY_CHECK_SECONDS however often the probe comes."""
+
+    class Kube:
+        calls, down = 0, False
+
+        async def ping(self) -> None:
+            self.calls += 1
+            if self.down:
+                raise KubernetesError("GET /api/v1: timed out after 30s")
+
+    memo = kopf.Memo()
+    memo.kube = Kube()
+
+    async def scenario() -> None:
+        assert await handlers.can_store_alerts(memo) is None
+        assert await handlers.can_store_alerts(memo) is None
+        assert memo.kube.calls == 1
+        memo.kube.down = True
+        checked_at, _ = memo.ready_check
+        memo.ready_check = (checked_at - handlers.READY_CHECK_SECONDS, None)  # the answer aged out
+        assert "does not answer" in (await handlers.can_store_alerts(memo) or "")
+        assert "does not answer" in (await handlers.can_store_alerts(memo) or "")
+        assert memo.kube.calls == 2
+
+    asyncio.run(scenario())
+

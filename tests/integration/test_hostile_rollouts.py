@@ -23,7 +23,7 @@ import re
 import kopf
 import pytest
 from fake_world import FakeClock, FakeCluster, FakePrometheus, deployment_body, rollout_body
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 from test_real_decide import PREFLIGHT_OUTPUT, RESOLUTION_OK, scrape
@@ -374,12 +374,6 @@ SPECS = st.fixed_dictionaries({}, optional={
 })
 
 
-def known_domain_bug(status: dict) -> bool:
-    """The two counterexamples this test found that live in the domain (named below, xfail)."""
-    return status.get("resumeState") == "Suspended" or (
-        status.get("phase", "Preflight") == "Preflight" and "observationStartedAt" in status)
-
-
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(status=STATUSES, spec=SPECS)
 @example(status={"state": "Pending", "restart": {"seq": 0, "token": "", "issuedAt": "2024-05-01T12:00:00Z"}}, spec={})
@@ -387,7 +381,6 @@ def test_any_status_the_schema_admits_settles(status, spec):
     """Every tick returns and, the world standing still, the writes stop within a few ticks.
     The example: a restart with an empty token once patched the Deployment (an empty patch)
     at every tick."""
-    assume(not known_domain_bug(status))
     world = World(status=copy.deepcopy(status), **spec)
     try:
         asyncio.run(world.settles())
@@ -395,18 +388,17 @@ def test_any_status_the_schema_admits_settles(status, spec):
         world.close()
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "domain bug, not in this change's files: lifecycle.resume() takes resumeState=Suspended as the "
-    "state to resume to, and decide() has no handler for Suspended (KeyError at every tick)"))
 def test_resuming_to_a_resume_state_of_suspended_does_not_crash(make_world):
+    """lifecycle.resume() once took resumeState=Suspended as the state to resume to, and
+    decide() has no handler for Suspended: a KeyError at every tick. It resumes as Pending."""
     world = make_world(status={"state": "Suspended", "resumeState": "Suspended"})
     asyncio.run(world.tick(0))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "domain bug, not in this change's files: walking.follow_spec() asserts a window end, which "
-    "Tick.window_ends() never gives for phase Preflight (state Observing with observationStartedAt)"))
 def test_observing_at_phase_preflight_does_not_crash(make_world):
+    """walking.follow_spec() once asserted a window end, which Tick.window_ends() never gives
+    for phase Preflight (state Observing with observationStartedAt): an AssertionError at every
+    tick."""
     world = make_world(status={"state": "Observing", "phase": "Preflight",
                                "observationStartedAt": "2024-05-01T12:00:00Z"})
     asyncio.run(world.tick(0))

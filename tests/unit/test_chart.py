@@ -224,8 +224,11 @@ def test_operator_env_probes_and_ports(default_docs):
     assert env["FILLPROB_NAMESPACES"] == ""
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "probes": 8081, "webhook": 8082}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    # Ready = this replica can store an alert now (the receiver's /readyz).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "webhook"}
+    [without] = one(render("--set", "webhook.enabled=false"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert without["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
     service = one(default_docs, "Service")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"metrics": 8080, "webhook": 8082}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

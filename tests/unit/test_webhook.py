@@ -136,6 +136,31 @@ def test_healthz_needs_no_token():
     serve(scenario)
 
 
+def test_readyz_says_whether_this_replica_can_store_an_alert_now():
+    """The chart's readiness probe: 200 only with a token and nothing in the way (the API
+    server answering); 503 with why otherwise. No token needed to ask."""
+    problems: list[str | None] = [None, "the API server does not answer: timed out", None]
+
+    async def ready() -> str | None:
+        return problems.pop(0)
+
+    async def main(token: str | None) -> list[tuple[int, dict]]:
+        app = make_webhook_app(lambda: token, Inbox().submit, ready=ready)
+        answers = []
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            for _ in range(3 if token else 1):
+                resp = await client.get("/readyz")
+                answers.append((resp.status, await resp.json()))
+        return answers
+
+    ok, down, back = asyncio.run(main(TOKEN))
+    assert ok == (200, {"status": "ready"})
+    assert down[0] == 503 and "does not answer" in down[1]["why"]
+    assert back[0] == 200
+    [no_token] = asyncio.run(main(None))
+    assert no_token[0] == 503 and "no bearer token" in no_token[1]["why"]
+
+
 # ---------------------------------------------------------------------------- bad bodies
 
 

@@ -610,6 +610,14 @@ class KubernetesAdapter:
 
     # -- the FillProbRollout itself ------------------------------------------------------
 
+    async def ping(self) -> None:
+        """GET /api/v1 (discovery, allowed to every authenticated client): raises
+        KubernetesError when the API server does not answer or refuses this client."""
+        try:
+            await self._call(self.core.get_api_resources)
+        except ApiException as exc:
+            raise KubernetesError(f"GET /api/v1: {exc.status} {exc.reason}") from exc
+
     async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read(
             self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name

@@ -69,7 +69,10 @@ def resume(t: Tick) -> None:
 
     s = t.s
     since = s.suspended_at or t.now
-    s.state, s.resume_state, s.suspended_at = s.resume_state or State.PENDING, None, None
+    # A resumeState of Suspended (hand-written: this operator never records one) resumes as
+    # Pending, which re-verifies the rung before anything moves.
+    back = s.resume_state if s.resume_state not in (None, State.SUSPENDED) else State.PENDING
+    s.state, s.resume_state, s.suspended_at = back, None, None
     walking.pause(t, since)
     t.transition("Resumed", Progress.RESUMED, "spec.suspend cleared: resuming; every signal is evaluated first",
                  {"suspendedSeconds": int((t.now - since).total_seconds())})

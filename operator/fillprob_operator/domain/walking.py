@@ -161,7 +161,10 @@ def follow_spec(t: Tick) -> None:
     if s.state is not State.OBSERVING or s.observation_started_at is None:
         return
     ends = t.window_ends()
-    assert ends is not None
+    if ends is None:
+        # No window at this phase (Preflight): a status that says Observing there was not
+        # written by this operator; keep what it says rather than fail every tick.
+        return
     if ends < t.now and s.observation_ends_at is not None and ends < s.observation_ends_at:
         ends = t.now  # lowered below what is already observed: the window ends now
     s.observation_ends_at = ends
