@@ -73,13 +73,13 @@ run: venv ## run the operator against the current KUBECONFIG (FILLPROB_NAMESPACE
 chart-crds: ## copy crds/ into the chart (CI fails when they differ)
 	./scripts/sync-chart-crds.sh
 
-# The README's first command. From a fresh machine: venv, testbed build (first time ~26 min,
+# The README's first command. From a fresh machine: venv, testbed build (first time ~22 min,
 # later a cache check), images, testbed up, then scripts/demo.py (a few minutes): the operator installed
 # with helm walks the example grinder up to AutoThreshold, a CB trip is rolled back (R3).
 # Re-running cleans the demo namespace first; the testbed stays up (make testbed-down).
 demo: ## install the operator on the testbed, walk a grinder to AutoThreshold, trip the CB, watch R3
 	@if [ ! -x .testbed/cache/bin/kube-apiserver ] || [ ! -x .testbed/cache/bin/helm ]; then \
-	  echo "demo: building the testbed first (cold: ~20 min on 2 cores, mostly Go builds; progress below)"; fi
+	  echo "demo: building the testbed first (cold: ~22 min on 2 cores, mostly Go builds; progress below)"; fi
 	@# The venv installs beside the testbed build (its log: .testbed/cache/logs/venv.log).
 	@mkdir -p .testbed/cache/logs; \
 	( $(MAKE) --no-print-directory venv >.testbed/cache/logs/venv.log 2>&1 ) & venv_pid=$$!; \
