@@ -15,6 +15,7 @@ from fillprob_operator.adapters.kubernetes import (
     LOG_TAIL_LINES,
     RESTART_TOKEN_ANNOTATION,
     KubernetesAdapter,
+    KubernetesError,
     env_literals,
     env_managers,
     env_patch_body,
@@ -527,3 +528,34 @@ def test_restart_token_at_is_when_the_annotation_was_last_written() -> None:
     ]}}
     assert restart_token_at(deployment).isoformat() == "2026-12-01T10:05:00+00:00"
     assert restart_token_at({"metadata": {"managedFields": [deployment["metadata"]["managedFields"][0]]}}) is None
+
+
+class _Discovery:
+    """CustomObjectsApi.get_api_resources, answering from a script: a dict or an exception."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, str]] = []
+
+    def get_api_resources(self, group, version, **_):
+        self.asked.append((group, version))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_serves_rollouts_reads_discovery_of_its_group_version():
+    listed = {"resources": [{"name": "fillprobrollouts"}, {"name": "fillprobrollouts/status"}]}
+    other = {"resources": [{"name": "somethingelse"}]}
+    custom = _Discovery(listed, other, {}, ApiException(status=404, reason="Not Found"),
+                        ApiException(status=503, reason="Service Unavailable"), OSError("connection refused"))
+    adapter = KubernetesAdapter(core=None, apps=None, batch=None, custom=custom, to_dict=copy.deepcopy)
+    answers = []
+    for _ in range(4):
+        answers.append(asyncio.run(adapter.serves_rollouts()))
+    assert answers == [True, False, False, False]  # 404: the group-version is not served (yet)
+    for _ in range(2):  # no answer, or not a useful one: the caller waits and asks again
+        with pytest.raises(KubernetesError):
+            asyncio.run(adapter.serves_rollouts())
+    assert set(custom.asked) == {("grinder.io", "v1alpha1")}

@@ -618,6 +618,17 @@ class KubernetesAdapter:
         except ApiException as exc:
             raise KubernetesError(f"GET /api/v1: {exc.status} {exc.reason}") from exc
 
+    async def serves_rollouts(self) -> bool:
+        """Whether discovery lists FillProbRollouts (GET /apis/grinder.io/v1alpha1): False when
+        the API server answers without them; KubernetesError when it does not answer."""
+        try:
+            found = self._to_dict(await self._call(self.custom.get_api_resources, GROUP, VERSION))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubernetesError(f"GET /apis/{API_VERSION}: {exc.status} {exc.reason}", status=exc.status) from exc
+        return any(r.get("name") == PLURAL for r in (found or {}).get("resources") or ())
+
     async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read(
             self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
