@@ -5,8 +5,9 @@
 - then, before kopf looks for the resources it serves, wait until the API server serves
   FillProbRollouts (`until_served`: kopf resolves them once and would otherwise serve none
   after starting beside a down or just-restarted API server);
-- one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken,
-  `Reconciler.tick` (observe -> decide -> execute);
+- one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken
+  (a spec change, a rollback request, a resolution or circuit-breaker line in a followed pod
+  log), `Reconciler.tick` (observe -> decide -> execute);
 - no finalizer on the rollouts (`release_finalizers`): the operator owns nothing outside the
   object that garbage collection does not remove, so neither deleting a rollout nor deleting
   its namespace ever waits for the operator (it may be uninstalled); a `DELETED` watch event
@@ -119,7 +120,7 @@ def build_runtime(
     memo.metrics = metrics or OperatorMetrics(process=True)
     memo.kube = kube or build_adapter(
         timeout=config.kubernetes_timeout_seconds, executor=memo.io, clock=clock,
-        pool_size=config.io_threads,
+        pool_size=config.io_threads, metrics=memo.metrics, log_streams=config.log_streams,
     )
     memo.gateway = PrometheusGateway(
         connect=connect or connect_prometheus(config.prometheus_timeout_seconds),
@@ -131,6 +132,8 @@ def build_runtime(
     )
     memo.executor = Executor(memo.kube, memo.metrics, clock)
     memo.wakeups = Wakeups()
+    # A resolution or circuit-breaker line in a followed pod log wakes its rollout at once.
+    memo.kube.logs.wake_with(memo.wakeups.wake)
     # (namespace, name) of the rollouts whose daemon runs here: the webhook wakes those after
     # storing an alert (it accepts alerts for any rollout, see `submit_rollback`).
     memo.rollouts = set()
@@ -367,8 +370,10 @@ async def rollout(
         # shared state is not this daemon's to drop.
         if memo.owners.get(key) == uid:
             del memo.owners[key]
-            # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here.
+            # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here,
+            # and its pods' logs are followed no more.
             memo.rollouts.discard(key)
+            memo.kube.forget_rollout(namespace, name)
             if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
                 memo.metrics.forget(namespace, name)
                 memo.wakeups.drop(namespace, name)
