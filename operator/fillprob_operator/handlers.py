@@ -121,6 +121,7 @@ def build_runtime(
     memo.kube = kube or build_adapter(
         timeout=config.kubernetes_timeout_seconds, executor=memo.io, clock=clock,
         pool_size=config.io_threads, metrics=memo.metrics, log_streams=config.log_streams,
+        watch_namespaces=config.namespaces if config.watch_caches else None,
     )
     memo.gateway = PrometheusGateway(
         connect=connect or connect_prometheus(config.prometheus_timeout_seconds),
@@ -162,6 +163,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = Settings.from_env()
     configure(settings, config)
     build_runtime(memo, config)
+    memo.kube.start_watches()
     served = None
     if config.metrics_host_port is not None:
         served = memo.metrics.serve(*config.metrics_host_port)

@@ -27,6 +27,7 @@ from .adapters.kubernetes import (
     is_alert_annotation,
 )
 from .adapters.prometheus import Matcher
+from .adapters.watches import rv_int
 from .api import RolloutStatus, status_from_dict
 from .domain.actions import EmitEvent
 from .domain.durations import parse_duration
@@ -298,10 +299,15 @@ class Reconciler:
         async def no_preflight() -> None:
             return None
 
+        # Watch-backed caches answer only when they have seen at least as far as this body
+        # (adapters/watches.py): what the status says happened is never newer than what we see.
+        floor = rv_int(body)
         deployment, metrics, preflight = await asyncio.gather(
-            self.kube.observe_deployment(namespace, deployment_name, raw_spec.get("containerName"), rollout=name),
+            self.kube.observe_deployment(
+                namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
+            ),
             self.gateway.observe(url, interval, now, matches),
-            self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
+            self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else no_preflight(),
         )
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
