@@ -373,7 +373,7 @@ def test_client_source_lists_and_watches_through_raw_responses():
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     _, kwargs = calls[-1]
     assert kwargs["allow_watch_bookmarks"] and kwargs["timeout_seconds"] == 240
-    assert kwargs["_preload_content"] is False and kwargs["_request_timeout"] == (3.0, 240 + watches.READ_SLACK_SECONDS)
+    assert kwargs["_preload_content"] is False and kwargs["_request_timeout"] == (3.0, watches.READ_IDLE_SECONDS)
     try:
         list(source.watch(NS, "1", 240))
     except Gone:

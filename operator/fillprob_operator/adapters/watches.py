@@ -32,11 +32,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 logger = logging.getLogger("fillprob_operator.watches")
 
 ALL_NAMESPACES = ""
-# The API server ends a watch after timeoutSeconds; client-go picks 5-10 min. A shorter one
-# bounds how long a silently dead connection (no RST) can hold the cache: the client read
-# timeout is this plus READ_SLACK_SECONDS, after which the watch counts as dropped.
+# The API server ends a watch after timeoutSeconds (client-go picks 5-10 min); it is resumed
+# from the high-water mark, nothing lost. A connection that dies without a word (no RST) must
+# not hold a stale cache for that long: a watch silent for READ_IDLE_SECONDS (no event, no
+# bookmark) counts as dropped: not synced, re-listed. (Whether the API server sends a quiet
+# watch periodic bookmarks, so that this costs nothing, is to be measured on the testbed.) Stale for minutes, a cache could show a rollout
+# unfinished past its progress deadline; READ_IDLE_SECONDS bounds that.
 WATCH_TIMEOUT_SECONDS = 240
-READ_SLACK_SECONDS = 30
+READ_IDLE_SECONDS = 90
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -312,7 +315,7 @@ class ClientSource:
             response = self._call(
                 namespace, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
                 timeout_seconds=timeout_seconds,
-                _request_timeout=(self.timeout, timeout_seconds + READ_SLACK_SECONDS),
+                _request_timeout=(self.timeout, READ_IDLE_SECONDS),
             )
         except ApiException as exc:
             if exc.status == 410:
