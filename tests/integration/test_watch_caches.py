@@ -171,3 +171,53 @@ def test_caches_that_never_saw_the_rollouts_last_write_are_not_read(world):
         assert reads(cluster) == before
 
     asyncio.run(scenario())
+
+
+def test_replica_sets_and_pods_are_never_older_than_the_deployment_they_are_judged_against():
+    """The Deployment read directly (its cache lags) is newer than the ReplicaSet and Pod caches:
+    those are then listed too, never mixed with an older view (as direct reads, made after it)."""
+    cluster, clock = FakeCluster(), FakeClock()
+    cluster.put("FillProbRollout", rollout_body())
+    cluster.put("Deployment", deployment_body())
+    feed = WatchFeed(cluster, NS)
+    cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+    feed.sync()
+    adapter = cluster.adapter(clock, caches=feed.caches)
+    floor = int(cluster.get("FillProbRollout", NS, NAME)["metadata"]["resourceVersion"])
+
+    async def observe(floor):
+        return await adapter.observe_deployment(NS, "grinder", "grinder", rollout=NAME, floor=floor)
+
+    seen = asyncio.run(observe(floor))
+    assert reads(cluster) == {} and len(seen.new_pods) == 2
+    cluster.get("Deployment", NS, "grinder")["spec"]["replicas"] = 3
+    pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")  # new RS, 3 new pods; not delivered
+    cluster.touch("FillProbRollout", NS, NAME)
+    floor = int(cluster.get("FillProbRollout", NS, NAME)["metadata"]["resourceVersion"])
+    seen = asyncio.run(observe(floor))
+    assert [p.pod for p in seen.new_pods] == pods
+    assert reads(cluster) == {"read_deployment": 1, "list_replica_sets": 1, "list_pods": 1}
+    feed.deliver()
+    seen = asyncio.run(observe(floor))
+    assert [p.pod for p in seen.new_pods] == pods and reads(cluster) == {
+        "read_deployment": 1, "list_replica_sets": 1, "list_pods": 1}
+
+
+def test_a_deployment_cache_ahead_of_the_pod_cache_means_the_pods_are_listed():
+    cluster, clock = FakeCluster(), FakeClock()
+    cluster.put("FillProbRollout", rollout_body())
+    cluster.put("Deployment", deployment_body())
+    feed = WatchFeed(cluster, NS)
+    feed.sync()
+    adapter = cluster.adapter(clock, caches=feed.caches)
+    floor = int(cluster.get("FillProbRollout", NS, NAME)["metadata"]["resourceVersion"])
+    pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")
+    for rv, kind, type_, obj in cluster.watch_log:  # only the Deployments' watch has delivered
+        if kind == "Deployment":
+            feed.caches.deployments.apply_event(NS, {"type": type_, "object": obj})
+        else:
+            feed.caches.deployments.apply_event(NS, {"type": "BOOKMARK", "object": {
+                "metadata": {"resourceVersion": str(rv)}}})
+    seen = asyncio.run(adapter.observe_deployment(NS, "grinder", "grinder", rollout=NAME, floor=floor))
+    assert seen.rollout_complete and [p.pod for p in seen.new_pods] == pods
+    assert reads(cluster) == {"list_replica_sets": 1, "list_pods": 1}
