@@ -44,6 +44,7 @@ from .adapters.kubernetes import (
     is_alert_annotation,
 )
 from .adapters.prometheus import PrometheusGateway, connect_prometheus
+from .adapters.watches import rv_int
 from .metrics import OperatorMetrics
 from .reconciler import (
     DEFAULT_INTERVAL_SECONDS,
@@ -321,6 +322,7 @@ async def rollout_event(
     waits (suspended) is no hot loop: a removal that failed is retried at the next interval.
     """
     seen = memo.setdefault("alert_annotations", {})
+    memo.wakeups.saw(namespace, name, rv_int(body) if body else None)
     if type == "DELETED":
         seen.pop(uid, None)
         if uid in memo.get("running", ()):
@@ -349,6 +351,9 @@ async def rollout(
     memo.running.add(uid)
     interval = DEFAULT_INTERVAL_SECONDS
     gone = False
+    # The first tick here reads the rollout directly: another process (a replica that was active,
+    # this one before a restart) may have written it last; later ticks may take it from the cache.
+    cached = False
     try:
         while not stopped:
             if uid in memo.deleted:
@@ -356,8 +361,11 @@ async def rollout(
                 break
             wake.clear()
             try:
-                outcome = await memo.reconciler.tick(namespace, name)
+                outcome = await memo.reconciler.tick(
+                    namespace, name, cached=cached, seen=memo.wakeups.floor(namespace, name)
+                )
                 interval, gone = outcome.interval, outcome.gone
+                cached = True
             except KubernetesError as exc:
                 logger.warning(kv("tick_failed", namespace=namespace, name=name, error=str(exc)))
             except Exception as exc:

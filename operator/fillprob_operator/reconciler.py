@@ -2,7 +2,9 @@
 
 This is the services layer between the kopf handlers and the adapters. Each tick re-reads
 the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus; the new pods'
-logs are followed streams, adapters/logs.py), hands it to the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
+logs are followed streams, adapters/logs.py; the Kubernetes objects come from watch-backed
+caches when those can vouch for them, adapters/watches.py), hands it to the pure `decide()`,
+and lets the executor apply the result. Nothing it needs lives only in
 memory: a restarted operator resumes from `status`, and alerts the receiver accepted wait on
 the rollout itself (`alert.grinder.io/` annotations) until a tick has taken them.
 """
@@ -176,10 +178,23 @@ def taken_request_keys(status: Mapping[str, Any]) -> set[str]:
 
 
 class Wakeups:
-    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon."""
+    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon.
+
+    Also the newest resourceVersion kopf's own watch showed of each rollout (`saw`): a tick that
+    takes the rollout from the watch-backed cache never takes one older than that (a manual
+    rollback or an alert stored by another replica is never missed by a lagging cache)."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def saw(self, namespace: str, name: str, resource_version: int | None) -> None:
+        if resource_version is not None:
+            key = (namespace, name)
+            self._seen[key] = max(self._seen.get(key, 0), resource_version)
+
+    def floor(self, namespace: str, name: str) -> int:
+        return self._seen.get((namespace, name), 0)
 
     def event(self, namespace: str, name: str) -> asyncio.Event:
         return self._events.setdefault((namespace, name), asyncio.Event())
@@ -189,6 +204,7 @@ class Wakeups:
 
     def drop(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
+        self._seen.pop((namespace, name), None)
 
 
 @dataclass(frozen=True)
@@ -250,8 +266,11 @@ class Reconciler:
         # (for fillprob_rollout_detection_seconds; lost on restart, which only loosens it).
         self._clean_look_at: dict[tuple[str, str], datetime] = {}
 
-    async def tick(self, namespace: str, name: str) -> TickOutcome:
-        body = await self.kube.read_rollout(namespace, name)
+    async def tick(self, namespace: str, name: str, *, cached: bool = False, seen: int = 0) -> TickOutcome:
+        """`cached`: the rollout may come from the watch-backed cache, if that is at least as new
+        as `seen` (kopf's view) and as every version of it this process read or wrote; the
+        daemon's first tick reads it directly (another process may have written it last)."""
+        body = await self.kube.read_rollout(namespace, name, cached=cached, floor=seen)
         if body is None:
             self._clean_look_at.pop((namespace, name), None)
             return TickOutcome(interval=DEFAULT_INTERVAL_SECONDS, gone=True)

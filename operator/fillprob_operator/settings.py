@@ -44,8 +44,8 @@ class Settings:
     io_threads: int = 16
     # Pod logs followed at once (one thread and one connection each); a pod past it is missing data.
     log_streams: int = 200
-    # Deployments, ReplicaSets, Pods and Jobs of the watched namespaces from watch-backed
-    # caches (adapters/watches.py); off: every tick reads them directly, as before issue 10.
+    # FillProbRollouts, Deployments, ReplicaSets, Pods and Jobs of the watched namespaces from
+    # watch-backed caches (adapters/watches.py); off: every tick reads them directly.
     watch_caches: bool = True
 
     @property

@@ -210,7 +210,8 @@ class WatchFeed:
     synced at the current resourceVersion), `deliver` hands over the events written since
     (`upto` of them, to play a watch that lags), `drop` is a watch that broke."""
 
-    KINDS = {"deployments": "Deployment", "replica_sets": "ReplicaSet", "pods": "Pod", "jobs": "Job"}
+    KINDS = {"deployments": "Deployment", "replica_sets": "ReplicaSet", "pods": "Pod", "jobs": "Job",
+             "rollouts": "FillProbRollout"}
 
     def __init__(self, cluster: "FakeCluster", namespace: str = "trading") -> None:
         from fillprob_operator.adapters.kubernetes import Caches
@@ -220,7 +221,7 @@ class WatchFeed:
 
         self.cluster, self.namespace = cluster, namespace
         projections = {"deployments": project_deployment, "replica_sets": project_replica_set,
-                       "pods": project_pod, "jobs": project_job}
+                       "pods": project_pod, "jobs": project_job, "rollouts": dict}
         self.caches = Caches(**{
             attr: WatchCache(kind, source=None, namespaces=(namespace,), project=projections[attr])
             for attr, kind in self.KINDS.items()

@@ -9,6 +9,7 @@ behaviour) until it is listed again; a lagging watch only delays a step, never c
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import kopf
 import pytest
@@ -221,3 +222,124 @@ def test_a_deployment_cache_ahead_of_the_pod_cache_means_the_pods_are_listed():
     seen = asyncio.run(adapter.observe_deployment(NS, "grinder", "grinder", rollout=NAME, floor=floor))
     assert seen.rollout_complete and [p.pod for p in seen.new_pods] == pods
     assert reads(cluster) == {"list_replica_sets": 1, "list_pods": 1}
+
+
+# -- the rollout itself from the cache (the daemon's later ticks) -------------------------------
+
+
+async def cached_tick(memo, clock, seconds=10.0):
+    clock.advance(seconds)
+    return await memo.reconciler.tick(NS, NAME, cached=True, seen=memo.wakeups.floor(NS, NAME))
+
+
+def test_steady_state_with_the_rollout_cached_makes_no_request_at_all(world):
+    cluster, clock, prometheus, memo, feed = world
+
+    async def scenario():
+        await to_shadow_observing(cluster, clock, prometheus, memo, feed)
+        feed.deliver()
+        before = dict(cluster.calls)
+        for _ in range(5):
+            await cached_tick(memo, clock)
+            feed.deliver()
+        made = {k: v - before.get(k, 0) for k, v in cluster.calls.items()
+                if v - before.get(k, 0) and k != "read_log"}  # FakeLogs: followed streams, not requests
+        assert made == {}, made
+        assert status(cluster)["state"] == "Observing"
+
+    asyncio.run(scenario())
+
+
+def test_our_status_write_is_never_hidden_by_a_lagging_rollout_cache(world):
+    """A stored alert is taken, the status that records it written, the annotation removed: a
+    cache that delivered none of it must not make the next tick take the alert again."""
+    from fillprob_operator.adapters.kubernetes import alert_annotation_name, encode_rollback_request
+    from fillprob_operator.domain.observations import RollbackRequest
+
+    cluster, clock, prometheus, memo, feed = world
+
+    async def scenario():
+        await to_shadow_observing(cluster, clock, prometheus, memo, feed)
+        feed.deliver()
+        request = RollbackRequest(playbook="R1", reason="AlertFired", source="alertmanager",
+                                  evidence={"startsAt": "2024-05-01T12:00:00Z"}, key="alert:abc")
+        obj = cluster.get("FillProbRollout", NS, NAME)
+        obj["metadata"]["annotations"][alert_annotation_name(request.key)] = encode_rollback_request(request)
+        cluster.touch("FillProbRollout", NS, NAME)
+        feed.deliver()  # the cache has the alert
+        await cached_tick(memo, clock)
+
+        def taken():
+            return [h for h in status(cluster)["history"]
+                    if (h.get("evidence") or {}).get("requestKey") == request.key]
+
+        assert len(taken()) == 1, status(cluster)["history"][-2:]  # taken (R1 in Shadow: skipped)
+        assert alert_annotation_name(request.key) not in cluster.get("FillProbRollout", NS, NAME)["metadata"]["annotations"]
+        writes = {k: cluster.calls[k] for k in ("patch_deployment", "patch_status", "merge_rollout")}
+        events = len(cluster.events)
+        gets = cluster.calls["get_rollout"]
+        for _ in range(3):  # nothing delivered: the cache still shows the alert, not the status
+            await cached_tick(memo, clock)
+        # not taken again: no write, no Event (a second take would rewrite history to the same list)
+        assert {k: cluster.calls[k] for k in writes} == writes and len(cluster.events) == events
+        assert len(taken()) == 1
+        assert cluster.calls["get_rollout"] == gets  # the versions we wrote answered
+
+    asyncio.run(scenario())
+
+
+def test_a_rollout_version_kopf_saw_and_the_cache_did_not_is_read_directly(world):
+    cluster, clock, prometheus, memo, feed = world
+
+    async def scenario():
+        await to_shadow_observing(cluster, clock, prometheus, memo, feed)
+        feed.deliver()
+        obj = cluster.get("FillProbRollout", NS, NAME)
+        obj["metadata"]["annotations"]["grinder.io/rollback"] = "R1"
+        cluster.touch("FillProbRollout", NS, NAME)
+        memo.wakeups.saw(NS, NAME, int(obj["metadata"]["resourceVersion"]))  # kopf's event
+        gets = cluster.calls["get_rollout"]
+        await cached_tick(memo, clock)
+        assert cluster.calls["get_rollout"] == gets + 1
+        # the annotation was seen and taken (R1 in Shadow is recorded as skipped), then removed
+        assert any(str((h.get("evidence") or {}).get("requestKey", "")).startswith("annotation/")
+                   for h in status(cluster)["history"])
+        assert "grinder.io/rollback" not in cluster.get("FillProbRollout", NS, NAME)["metadata"]["annotations"]
+
+    asyncio.run(scenario())
+
+
+def test_the_daemon_reads_the_rollout_directly_first_then_from_the_cache(world):
+    from fake_world import FakeStopped, until
+
+    cluster, clock, prometheus, memo, feed = world
+
+    async def scenario():
+        await to_shadow_observing(cluster, clock, prometheus, memo, feed)
+        feed.deliver()
+        gets = cluster.calls["get_rollout"]
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: cluster.calls["get_rollout"] == gets + 1)  # a new daemon: a GET
+        def evaluations():
+            return memo.metrics.registry.get_sample_value(
+                "fillprob_rollout_gate_evaluations_total", {"result": "go"}) or 0
+
+        await until(lambda: evaluations() > 0)
+        for _ in range(3):
+            done = evaluations()
+            clock.advance(10)
+            memo.wakeups.wake(NS, NAME)
+            await until(lambda: evaluations() > done)
+        assert cluster.calls["get_rollout"] == gets + 1  # later ticks: the cache
+        body = cluster.get("FillProbRollout", NS, NAME)
+        body["spec"]["targetPhase"] = "Shadow"
+        cluster.touch("FillProbRollout", NS, NAME)
+        await handlers.rollout_event(type="MODIFIED", namespace=NS, name=NAME, uid="", memo=memo,
+                                     body=copy.deepcopy(body))  # kopf saw it; our cache did not yet
+        memo.wakeups.wake(NS, NAME)
+        await until(lambda: cluster.calls["get_rollout"] == gets + 2)
+        stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await asyncio.wait_for(daemon, 5)
+
+    asyncio.run(scenario())

@@ -390,7 +390,7 @@ def test_build_caches_makes_one_cache_per_kind_and_counts_its_requests():
     counted = []
     caches = build_caches(client.ApiClient(client.Configuration()), ("a", "b"), timeout=3.0,
                           count=lambda verb, resource: counted.append((verb, resource)))
-    assert [c.kind for c in caches.all()] == ["Deployment", "ReplicaSet", "Pod", "Job"]
+    assert [c.kind for c in caches.all()] == ["Deployment", "ReplicaSet", "Pod", "Job", "FillProbRollout"]
     assert all(c.scopes == ("a", "b") for c in caches.all())
     caches.pods._count("watch")
     assert counted == [("watch", "pods")]

@@ -528,9 +528,11 @@ class Caches:
     replica_sets: Any = None
     pods: Any = None
     jobs: Any = None
+    rollouts: Any = None
 
     def all(self) -> list[Any]:
-        return [c for c in (self.deployments, self.replica_sets, self.pods, self.jobs) if c is not None]
+        return [c for c in (self.deployments, self.replica_sets, self.pods, self.jobs, self.rollouts)
+                if c is not None]
 
 
 def _floor(*rvs: int | None) -> int | None:
@@ -659,22 +661,45 @@ class KubernetesAdapter:
             raise KubernetesError(f"GET /apis/{API_VERSION}: {exc.status} {exc.reason}", status=exc.status) from exc
         return any(r.get("name") == PLURAL for r in (found or {}).get("resources") or ())
 
-    async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._read(
-            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-        )
+    def _known(self, kind: str, namespace: str, name: str, obj: Any) -> Any:
+        """Remember the newest version of an object this process read or wrote (by rv)."""
+        if isinstance(obj, dict) and rv_int(obj) is not None:
+            key = (kind, namespace, name)
+            old = self._written.get(key)
+            if old is None or (rv_int(old) or 0) <= (rv_int(obj) or 0):
+                self._written[key] = obj
+        return obj
+
+    async def read_rollout(
+        self, namespace: str, name: str, *, cached: bool = False, floor: int = 0
+    ) -> dict[str, Any] | None:
+        """The FillProbRollout: a GET, or with `cached` from the watch-backed cache when that is
+        at least as new as `floor` and as every version this process read or wrote
+        (`_cached_or_read`). A cache never says a rollout is gone: that takes a GET."""
+        async def read() -> Any:
+            return await self._read(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+
+        cache = self.caches.rollouts
+        body = None
+        if cached and cache is not None:
+            body = await self._cached_or_read(KIND, cache, namespace, name, floor, read)
+        if body is None:
+            body = await read()
+        return self._known(KIND, namespace, name, body)
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         try:
-            return self._to_dict(
+            return self._known(KIND, namespace, name, self._to_dict(
                 await self._call(
                     self.custom.patch_namespaced_custom_object_status,
                     GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status_patch)},
                     _content_type="application/merge-patch+json",
                 )
-            )
+            ))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -698,11 +723,11 @@ class KubernetesAdapter:
             reason_path = "/metadata/annotations/" + ROLLBACK_REASON_ANNOTATION.replace("/", "~1")
             ops.append({"op": "remove", "path": reason_path})
         try:
-            await self._call(
+            self._known(KIND, namespace, name, self._to_dict(await self._call(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, PLURAL, name, ops,
                 _content_type="application/json-patch+json",
-            )
+            )))
             return True
         except ApiException as exc:
             if exc.status in (404, 409, 422):  # gone, or the annotation changed meanwhile
@@ -714,12 +739,12 @@ class KubernetesAdapter:
     ) -> bool:
         """ONE merge patch on metadata.annotations (None removes); False when the rollout is gone."""
         try:
-            await self._call(
+            self._known(KIND, namespace, name, self._to_dict(await self._call(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(annotations)}},
                 field_manager=self._component,
                 _content_type="application/merge-patch+json",
-            )
+            )))
             return True
         except ApiException as exc:
             if exc.status == 404:
@@ -1034,6 +1059,7 @@ def build_caches(
     from kubernetes import client
 
     core, apps, batch = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.BatchV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
     kinds = {
         "deployments": ("Deployment", "deployments", apps.list_namespaced_deployment,
                         apps.list_deployment_for_all_namespaces, project_deployment),
@@ -1041,6 +1067,12 @@ def build_caches(
                          apps.list_replica_set_for_all_namespaces, project_replica_set),
         "pods": ("Pod", "pods", core.list_namespaced_pod, core.list_pod_for_all_namespaces, project_pod),
         "jobs": ("Job", "jobs", batch.list_namespaced_job, batch.list_job_for_all_namespaces, project_job),
+        "rollouts": (
+            KIND, PLURAL,
+            lambda ns, **kw: custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, **kw),
+            lambda **kw: custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw),
+            dict,
+        ),
     }
     return Caches(**{
         attr: WatchCache(

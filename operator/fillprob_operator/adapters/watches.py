@@ -1,4 +1,5 @@
-"""Watch-backed caches of Deployments, ReplicaSets, Pods and Jobs (issue 10, point 1).
+"""Watch-backed caches of Deployments, ReplicaSets, Pods, Jobs and FillProbRollouts (issue 10,
+point 1).
 
 One `WatchCache` per kind keeps, per watched namespace (or cluster-wide when the operator
 watches all namespaces), a projection of every object: list, then watch from the list's
