@@ -394,3 +394,95 @@ def test_build_caches_makes_one_cache_per_kind_and_counts_its_requests():
     assert all(c.scopes == ("a", "b") for c in caches.all())
     caches.pods._count("watch")
     assert counted == [("watch", "pods")]
+
+
+# -- the rollout itself: GET first, then the cache, never older than what we read, wrote or kopf saw
+
+
+class FakeCustom:
+    """GET and status patch of one FillProbRollout, each a new resourceVersion in `world`."""
+
+    def __init__(self, world):
+        self.world = world
+        self.gets = 0
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **_):
+        self.gets += 1
+        return copy.deepcopy(self.world["obj"])
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **_):
+        self.world["write"](body["status"], ours=True)
+        return copy.deepcopy(self.world["obj"])
+
+
+ROLLOUT_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("other_write")), st.tuples(st.just("our_write")),
+        st.tuples(st.just("kopf_sees"), st.integers(0, 3)), st.tuples(st.just("deliver"), st.integers(1, 4)),
+        st.tuples(st.just("drop")), st.tuples(st.just("relist")), st.tuples(st.just("tick")),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ROLLOUT_STEPS)
+def test_a_cached_rollout_is_never_older_than_what_this_process_read_or_wrote_or_kopf_saw(steps):
+    from fillprob_operator.adapters.kubernetes import Caches
+
+    rv = 10
+    history: list[tuple[int, dict]] = []
+    log: list[dict] = []
+    world: dict = {}
+
+    def write(status, ours=False):
+        nonlocal rv
+        rv += 1
+        world["obj"] = obj("r", rv, status=dict(status))
+        history.append((rv, copy.deepcopy(world["obj"])))
+        log.append(event("MODIFIED", copy.deepcopy(world["obj"])))
+
+    world["write"] = write
+    write({"n": 0})
+    cache = WatchCache("FillProbRollout", source=None, namespaces=(NS,))
+    cache.apply_list(NS, [copy.deepcopy(world["obj"])], str(rv))
+    delivered = len(log)
+    custom = FakeCustom(world)
+    adapter = KubernetesAdapter(core=object(), apps=object(), batch=object(), custom=custom, to_dict=dict,
+                                caches=Caches(rollouts=cache))
+    lower = 0  # the newest version this process read or wrote, or kopf saw
+    kopf_seen = 0
+
+    async def read(cached):
+        return await adapter.read_rollout(NS, "r", cached=cached, floor=kopf_seen)
+
+    first = asyncio.run(read(False))  # the daemon's first tick
+    lower = rv_int(first)
+    for step in [*steps, ("deliver", 10_000), ("tick",)]:
+        kind = step[0]
+        if kind == "other_write":
+            write({"n": rv, "by": "other"})
+        elif kind == "our_write":
+            asyncio.run(adapter.patch_rollout_status(NS, "r", {"n": rv, "by": "us"}))
+            lower = max(lower, rv)
+        elif kind == "kopf_sees":  # kopf's watch, behind by up to 3 versions
+            kopf_seen = max(kopf_seen, history[max(0, len(history) - 1 - step[1])][0])
+            lower = max(lower, kopf_seen)
+        elif kind == "deliver":
+            for e in log[delivered:delivered + step[1]]:
+                cache.apply_event(NS, copy.deepcopy(e))
+            delivered = min(len(log), delivered + step[1])
+        elif kind == "drop":
+            cache.mark_down(NS)
+        elif kind == "relist":
+            cache.apply_list(NS, [copy.deepcopy(world["obj"])], str(rv))
+            delivered = len(log)
+        elif kind == "tick":
+            seen = asyncio.run(read(True))
+            assert seen is not None
+            seen_rv = rv_int(seen)
+            assert seen == next(v for at, v in history if at == seen_rv), "not a version that existed"
+            assert seen_rv >= lower, (seen_rv, lower)  # one object: its versions' rvs only grow
+            lower = seen_rv
+            if delivered == len(log) and cache.state(NS)[0]:
+                assert seen == world["obj"]
