@@ -109,3 +109,31 @@ def test_list_watch_bookmark_end_410_through_the_official_client(monkeypatch):
         for c in caches.all():
             c.close()
         server.shutdown()
+
+
+def test_each_kind_lists_and_watches_its_own_path_namespaced_and_cluster_wide():
+    from kubernetes.client.exceptions import ApiException
+
+    FakeApiServer.seen = []
+    FakeApiServer.state = {"rv": "1", "items": []}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    api = client.ApiClient(configuration)
+    try:
+        for namespaces, prefix in (((NS,), f"/namespaces/{NS}"), ((), "")):
+            FakeApiServer.seen = []
+            caches = build_caches(api, namespaces, timeout=3.0, count=lambda verb, resource: None)
+            for cache in caches.all():
+                try:
+                    cache.source.list(cache.scopes[0])
+                except ApiException as exc:
+                    assert exc.status == 404
+            assert [p for p, _ in FakeApiServer.seen] == [
+                f"/apis/apps/v1{prefix}/deployments", f"/apis/apps/v1{prefix}/replicasets",
+                f"/api/v1{prefix}/pods", f"/apis/batch/v1{prefix}/jobs",
+                f"/apis/grinder.io/v1alpha1{prefix}/fillprobrollouts",
+            ]
+    finally:
+        server.shutdown()
