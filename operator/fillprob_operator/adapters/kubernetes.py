@@ -565,8 +565,9 @@ class KubernetesAdapter:
     ) -> None:
         self.core, self.apps, self.batch, self.custom = core, apps, batch, custom
         self.caches = caches or Caches()
-        # (kind, namespace, name) -> the object our last write to it returned: a cache that has
-        # not delivered that write yet is never read as if the write had not happened.
+        # (kind, namespace, name) -> the newest version this process wrote (the object a patch
+        # or create returned) or, for FillProbRollouts, also read: a cache that has not
+        # delivered it yet is never read as if it had not happened (`_cached_or_read`).
         self._written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._to_dict = to_dict
         self._executor = executor
