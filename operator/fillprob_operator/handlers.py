@@ -319,8 +319,10 @@ async def rollout(
         # shared state is not this daemon's to drop.
         if memo.owners.get(key) == uid:
             del memo.owners[key]
-            # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here.
+            # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here,
+            # and its selector leaves the scope of the Prometheus queries.
             memo.rollouts.discard(key)
+            memo.gateway.forget(key)
             if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
                 memo.metrics.forget(namespace, name)
                 memo.wakeups.drop(namespace, name)

@@ -72,6 +72,12 @@ class OperatorMetrics:
             buckets=QUERY_BUCKETS,
             registry=self.registry,
         )
+        self.prometheus_samples = Counter(
+            "fillprob_rollout_prometheus_samples_total",
+            "Samples (series) in the answers to the gates' PromQL queries, by Prometheus URL.",
+            ["url"],
+            registry=self.registry,
+        )
         self.condition = Gauge(
             "fillprob_rollout_condition",
             "1 for each status condition's current status (Ready, Progressing, Degraded, MetricsAvailable).",
