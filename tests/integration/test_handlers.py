@@ -394,10 +394,12 @@ def test_startup_configures_kopf_and_serves_metrics(tmp_path, monkeypatch):
             for name in ("fillprob_rollout_info", "fillprob_rollout_rollbacks_total",
                          "fillprob_rollout_gate_evaluations_total", "fillprob_rollout_detection_seconds",
                          "fillprob_rollout_prometheus_queries_total", "fillprob_rollout_prometheus_query_seconds",
-                         "fillprob_rollout_prometheus_samples_total"):
+                         "fillprob_rollout_prometheus_samples_total", "fillprob_rollout_event_loop_lag_seconds"):
                 assert f"# HELP {name}" in text
+            assert not memo.loop_lag.done()  # the loop's lag is measured from startup on
         finally:
             await handlers.cleanup(memo=memo)
+        assert memo.loop_lag.done()
 
     asyncio.run(scenario())
     assert settings.persistence.finalizer == "grinder.io/finalizer"
