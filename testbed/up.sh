@@ -28,6 +28,7 @@ Use it:
   Prometheus   http://$TB_PROM   (rules: drop *.yml into .testbed/run/prometheus/rules, then POST /-/reload)
   Alertmanager http://$TB_AM   (config: .testbed/run/alertmanager/alertmanager.yml, then POST /-/reload)
   logs: .testbed/run/logs/*.log   stop: make testbed-down
+  restart one part: testbed/restart.sh apiserver|prometheus [--down SECONDS] [--kill]
 EOF
 }
 
@@ -146,10 +147,12 @@ tb_step "pod network: bridge $TB_BRIDGE ($TB_NODE_IP, pods in $TB_POD_CIDR), Ser
 node_network_up 2>"$TB_LOGS/network.log" || tb_fail "pod network" "ip/iptables failed (run make testbed-down to clean up)" "$TB_LOGS/network.log"
 
 # ---------------------------------------------------------------- process helpers
-# start NAME EXECUTABLE ARGS...: own session, stdin closed, log and pid file.
+# start NAME EXECUTABLE ARGS...: own session, stdin closed, log and pid file; the command line
+# (NUL-separated) in pids/NAME.cmd, so that testbed/restart.sh starts it again the same way.
 start() {
   local name="$1"
   shift
+  printf '%s\0' "$@" >"$TB_PIDS/$name.cmd"
   setsid "$@" >"$TB_LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$TB_PIDS/$name.pid"
   tb_info "$name started (pid $!, log .testbed/run/logs/$name.log)"

@@ -2,8 +2,12 @@
 
 - startup: settings (finalizer and storages under `grinder.io`, peering, event posting),
   clients and the shared Prometheus gateway into `memo`, the metrics server;
-- one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken,
-  `Reconciler.tick` (observe -> decide -> execute);
+- then, before kopf looks for the resources it serves, wait until the API server serves
+  FillProbRollouts (`until_served`: kopf resolves them once and would otherwise serve none
+  after starting beside a down or just-restarted API server);
+- one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken
+  (a spec change, a rollback request, a resolution or circuit-breaker line in a followed pod
+  log), `Reconciler.tick` (observe -> decide -> execute);
 - no finalizer on the rollouts (`release_finalizers`): the operator owns nothing outside the
   object that garbage collection does not remove, so neither deleting a rollout nor deleting
   its namespace ever waits for the operator (it may be uninstalled); a `DELETED` watch event
@@ -118,7 +122,7 @@ def build_runtime(
     memo.metrics = metrics or OperatorMetrics(process=True)
     memo.kube = kube or build_adapter(
         timeout=config.kubernetes_timeout_seconds, executor=memo.io, clock=clock,
-        pool_size=config.io_threads,
+        pool_size=config.io_threads, metrics=memo.metrics, log_streams=config.log_streams,
     )
     memo.gateway = PrometheusGateway(
         connect=connect or connect_prometheus(config.prometheus_timeout_seconds),
@@ -130,6 +134,8 @@ def build_runtime(
     )
     memo.executor = Executor(memo.kube, memo.metrics, clock)
     memo.wakeups = Wakeups()
+    # A resolution or circuit-breaker line in a followed pod log wakes its rollout at once.
+    memo.kube.logs.wake_with(memo.wakeups.wake)
     # (namespace, name) of the rollouts whose daemon runs here: the webhook wakes those after
     # storing an alert (it accepts alerts for any rollout, see `submit_rollback`).
     memo.rollouts = set()
@@ -180,6 +186,51 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         webhook=f"{webhook.host}:{webhook.port}" if webhook else "off",
         namespaces=",".join(config.namespaces) or "*", peering=config.peering,
     ))
+
+
+# `until_served`: how often it asks, how often it says it still waits, and how long it waits for
+# an API server that answers without FillProbRollouts (a CRD being installed, or its discovery
+# not yet filled after the API server started).
+SERVED_POLL_SECONDS = 1.0
+SERVED_REPORT_SECONDS = 10.0
+SERVED_GRACE_SECONDS = 60.0
+
+
+@kopf.on.startup()
+async def until_served(memo: kopf.Memo, **_: Any) -> None:
+    """Start watching only once the API server serves FillProbRollouts.
+
+    kopf resolves the resources it serves from discovery once, when it starts, and again only
+    when a CRD changes. Started while the API server is down or has just started (its CRD
+    discovery is filled a moment after it answers), kopf finds no FillProbRollouts ("Unresolved
+    resources cannot be served") and serves none until some CRD changes: no rollout would be
+    guarded. kopf runs the startup handlers in order, so this one runs after `startup`: the
+    receiver already takes alerts (503 while the API server is away) while this waits.
+    An API server that answers without them for SERVED_GRACE_SECONDS (the CRD is not installed):
+    go on, kopf serves them once the CRD is created.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answered_at: float | None = None
+    reported = began
+    while True:
+        try:
+            if await memo.kube.serves_rollouts():
+                if loop.time() - began >= SERVED_POLL_SECONDS:
+                    logger.info(kv("rollouts_served", waited_seconds=round(loop.time() - began, 1)))
+                return
+            answered_at = answered_at if answered_at is not None else loop.time()
+            problem = f"the API server does not serve {PLURAL}.{GROUP}/{VERSION} (is the CRD installed?)"
+            if loop.time() - answered_at >= SERVED_GRACE_SECONDS:
+                logger.warning(kv("rollouts_not_served", error=problem, waited_seconds=round(loop.time() - began, 1),
+                                  then="watching anyway: kopf serves them once the CRD is created"))
+                return
+        except KubernetesError as exc:
+            problem = f"the API server does not answer: {exc}"
+        if loop.time() - reported >= SERVED_REPORT_SECONDS:
+            reported = loop.time()
+            logger.warning(kv("waiting_for_api_server", error=problem, waited_seconds=round(reported - began, 1)))
+        await asyncio.sleep(SERVED_POLL_SECONDS)
 
 
 # How long one answer of the API server stands for readiness (probes come every few seconds).
@@ -330,9 +381,11 @@ async def rollout(
         if memo.owners.get(key) == uid:
             del memo.owners[key]
             # Stopped for any reason (deleted, a peering pause, exiting): nothing to wake here,
-            # and its selector leaves the scope of the Prometheus queries.
+            # its selector leaves the scope of the Prometheus queries, and its pods' logs are
+            # followed no more.
             memo.rollouts.discard(key)
             memo.gateway.forget(key)
+            memo.kube.forget_rollout(namespace, name)
             if gone or (stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in stopped.reason):
                 memo.metrics.forget(namespace, name)
                 memo.wakeups.drop(namespace, name)

@@ -104,6 +104,14 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.kubernetes_requests = Counter(
+            "fillprob_operator_kubernetes_requests_total",
+            "Kubernetes API requests the operator's adapter sent, by verb and resource; a pod log "
+            "stream opened or reopened counts as verb=follow, resource=pods/log (kopf's own watches "
+            "and patches are not counted).",
+            ["verb", "resource"],
+            registry=self.registry,
+        )
         self._info_labels: dict[tuple[str, str], tuple[str, str]] = {}
         self._condition_labels: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()

@@ -1,8 +1,8 @@
 """One evaluation of one FillProbRollout: observe, decide, execute.
 
 This is the services layer between the kopf handlers and the adapters. Each tick re-reads
-the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus), hands it to
-the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
+the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus; the new pods'
+logs are followed streams, adapters/logs.py), hands it to the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
 memory: a restarted operator resumes from `status`, and alerts the receiver accepted wait on
 the rollout itself (`alert.grinder.io/` annotations) until a tick has taken them.
 """
@@ -298,7 +298,7 @@ class Reconciler:
             return None
 
         deployment, metrics, preflight = await asyncio.gather(
-            self.kube.observe_deployment(namespace, deployment_name, raw_spec.get("containerName")),
+            self.kube.observe_deployment(namespace, deployment_name, raw_spec.get("containerName"), rollout=name),
             self.gateway.observe(url, interval, now, selector, rollout=(namespace, name)),
             self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
         )

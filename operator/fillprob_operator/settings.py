@@ -42,6 +42,8 @@ class Settings:
     peering_lifetime: int = 30
     # Threads for the blocking Kubernetes and Prometheus clients.
     io_threads: int = 16
+    # Pod logs followed at once (one thread and one connection each); a pod past it is missing data.
+    log_streams: int = 200
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
@@ -94,4 +96,5 @@ class Settings:
             peering_priority=priority,
             peering_lifetime=int(lifetime_text),
             io_threads=max(2, int(env.get("FILLPROB_IO_THREADS", "16"))),
+            log_streams=max(1, int(env.get("FILLPROB_LOG_STREAMS", "200"))),
         )

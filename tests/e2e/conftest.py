@@ -34,6 +34,8 @@ HOW_TO_START = "start it with `make testbed-up` (or point KUBECONFIG/PROMETHEUS_
 SERIAL_FIXTURES = {
     "alert_routing": "rewrites the testbed's Alertmanager config and Prometheus rules dir and reloads both",
     "webhook": "points the testbed's Alertmanager at its own receiver (config rewritten, reloaded)",
+    "testbed_restarts": "restarts the testbed's kube-apiserver (testbed/restart.sh): every other test's "
+                        "operator, watches and kubectl lose the API server meanwhile",
 }
 SERIAL_FILES = {
     "test_crd_upgrade.py": "swaps the cluster-scoped FillProbRollout CRD (the previous version, then the "

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -314,13 +315,19 @@ class Env:
 
 
 class OperatorProcess:
-    """`python -m fillprob_operator` for one namespace, output kept in a file."""
+    """`python -m fillprob_operator` for one namespace, output kept in a file.
 
-    def __init__(self, namespace: str, log_dir: Path, extra_env: dict[str, str] | None = None):
+    `argv` runs something else in its place with the same environment: the chaos test's
+    launcher (tests/e2e/chaos_operator.py), which is this operator with one fault armed.
+    """
+
+    def __init__(self, namespace: str, log_dir: Path, extra_env: dict[str, str] | None = None,
+                 argv: list[str] | None = None):
         self.namespace = namespace
         self.metrics_port = free_port()
         self.log_path = log_dir / f"operator-{namespace}-{uuid.uuid4().hex[:6]}.log"
         self.extra_env = extra_env or {}
+        self.argv = argv or [sys.executable, "-m", "fillprob_operator"]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -341,7 +348,7 @@ class OperatorProcess:
         log.write(f"--- start {self.starts + 1} ---\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fillprob_operator"],
+            self.argv,
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.starts += 1
@@ -352,6 +359,10 @@ class OperatorProcess:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def exited(self) -> int | None:
+        """The exit status of the last start once it has ended (-9: SIGKILL), else None."""
+        return self.proc.poll() if self.proc else None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -413,3 +424,79 @@ def delete_env(env: Env) -> None:
         env.core.delete_namespace(env.namespace)
     except client.ApiException:
         pass
+
+
+TESTBED_PROMETHEUS_YML = REPO_ROOT / ".testbed" / "run" / "prometheus" / "prometheus.yml"
+PROMETHEUS_BIN = REPO_ROOT / ".testbed" / "cache" / "bin" / "prometheus"
+
+
+class DedicatedPrometheus:
+    """A real Prometheus for one test: same binary and pod discovery as the testbed's (its
+    kubernetes_sd scrape config, limited to the test's namespace), fresh storage, a free loopback
+    port; stopped and started again on the same port and storage. Other tests never see it."""
+
+    def __init__(self, namespace: str, workdir: Path):
+        self.namespace = namespace
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = workdir / "prometheus.yml"
+        self.storage = workdir / "data"
+        self.log = workdir / "prometheus.log"
+        self.proc: subprocess.Popen | None = None
+        self.storage.mkdir(parents=True, exist_ok=True)
+        config = yaml.safe_load(TESTBED_PROMETHEUS_YML.read_text())
+        # No rules and no Alertmanager: this Prometheus only feeds one rollout's gates.
+        config.pop("rule_files", None)
+        config.pop("alerting", None)
+        for job in config["scrape_configs"]:
+            for sd in job.get("kubernetes_sd_configs", []):
+                sd["namespaces"] = {"names": [namespace]}  # only this test's pods: less load
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def start(self) -> "DedicatedPrometheus":
+        log = open(self.log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            [
+                str(PROMETHEUS_BIN),
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.storage}",
+                "--storage.tsdb.retention.time=1h",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for(f"Prometheus {self.url} ready", self._ready, 60)
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"Prometheus exited {self.proc.returncode}: {self.tail()}")
+        with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:  # noqa: S310 (loopback)
+            return resp.status == 200
+
+    def scrapes_pods(self) -> bool:
+        query = urllib.parse.quote(f'up{{namespace="{self.namespace}"}} == 1')
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?query={query}", timeout=2) as resp:  # noqa: S310
+            return bool(json.loads(resp.read())["data"]["result"])
+
+    def kill9(self) -> None:
+        """A crash: SIGKILL, no shutdown (the next start replays the WAL)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait for the exit (a real outage, not a pause)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

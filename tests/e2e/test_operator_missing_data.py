@@ -1,103 +1,29 @@
 """Missing data is not a verdict (API.md, Gates): the step holds, the window does not count.
 
 Other tests share the testbed's Prometheus, so the outage test starts its OWN real Prometheus
-(the testbed's binary and its kubernetes_sd scrape config, limited to the test's namespace,
-fresh storage, a free loopback port), points `spec.prometheus.url` at it, and really stops it
-(SIGTERM, waits for the exit) in the middle of an observation window, then starts it again on
-the same port and storage.
+(support.DedicatedPrometheus: the testbed's binary and its kubernetes_sd scrape config, limited
+to the test's namespace, fresh storage, a free loopback port), points `spec.prometheus.url` at
+it, and really stops it (SIGTERM, waits for the exit) in the middle of an observation window,
+then starts it again on the same port and storage.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import yaml
-from support import REPO_ROOT, Env, free_port, holds_for, wait_for
+from support import PROMETHEUS_BIN, DedicatedPrometheus, Env, holds_for, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TESTBED_PROMETHEUS_YML = REPO_ROOT / ".testbed" / "run" / "prometheus" / "prometheus.yml"
-PROMETHEUS_BIN = REPO_ROOT / ".testbed" / "cache" / "bin" / "prometheus"
 INTERVAL = 2.0  # spec.prometheus.interval of these tests, seconds
 
 
 def ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-class DedicatedPrometheus:
-    """A real Prometheus for one test: same binary and pod discovery as the testbed's."""
-
-    def __init__(self, namespace: str, workdir: Path):
-        self.namespace = namespace
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = workdir / "prometheus.yml"
-        self.storage = workdir / "data"
-        self.log = workdir / "prometheus.log"
-        self.proc: subprocess.Popen | None = None
-        self.storage.mkdir(parents=True, exist_ok=True)
-        config = yaml.safe_load(TESTBED_PROMETHEUS_YML.read_text())
-        # No rules and no Alertmanager: this Prometheus only feeds one rollout's gates.
-        config.pop("rule_files", None)
-        config.pop("alerting", None)
-        for job in config["scrape_configs"]:
-            for sd in job.get("kubernetes_sd_configs", []):
-                sd["namespaces"] = {"names": [namespace]}  # only this test's pods: less load
-        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
-
-    def start(self) -> "DedicatedPrometheus":
-        log = open(self.log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(
-            [
-                str(PROMETHEUS_BIN),
-                f"--config.file={self.config}",
-                f"--storage.tsdb.path={self.storage}",
-                "--storage.tsdb.retention.time=1h",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for(f"Prometheus {self.url} ready", self._ready, 60)
-        return self
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"Prometheus exited {self.proc.returncode}: {self.tail()}")
-        with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:  # noqa: S310 (loopback)
-            return resp.status == 200
-
-    def scrapes_pods(self) -> bool:
-        query = urllib.parse.quote(f'up{{namespace="{self.namespace}"}} == 1')
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?query={query}", timeout=2) as resp:  # noqa: S310
-            return bool(json.loads(resp.read())["data"]["result"])
-
-    def stop(self) -> None:
-        """SIGTERM and wait for the exit (a real outage, not a pause)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @pytest.fixture

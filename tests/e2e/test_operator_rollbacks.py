@@ -183,6 +183,38 @@ def test_cb_trip_in_canary_applies_r1(grinder_env):
     assert_metrics(env, "R1", "CircuitBreakerTripped")
 
 
+def test_cb_trip_line_wakes_the_rollout_long_before_its_30s_interval(grinder_env):
+    """Issue 10: the pods' logs are followed; a FILL_PROB_CIRCUIT_BREAKER_TRIPPED line wakes the
+    rollout at once. With the default 30 s interval, the CB trip in Canary is answered (R1 in
+    the env) well before the next scheduled evaluation could have seen it."""
+    env = grinder_env
+    start(env, spec("Canary", observation={"shadow": FAST, "canary": HOLD}))
+    observing(env, "Canary")
+    before = managed(env)
+    env.patch_spec(prometheus={"interval": "30s"})
+    labels = {"namespace": env.namespace, "name": env.rollout}
+    wait_for("a tick at the 30 s interval",
+             lambda: metric_value(env.operator.metrics(), "fillprob_rollout_evaluation_interval_seconds", labels) == 30,
+             30, every=0.1)
+    last_tick = metric_value(env.operator.metrics(), "fillprob_rollout_last_evaluation_timestamp_seconds", labels)
+
+    tripped = time.time()
+    inject(env, {"cbTrip": True})
+    wait_for("ENFORCE=0 (R1)", lambda: managed(env).get(ENFORCE) == "0", 10, every=0.05)
+    patched = time.time()
+    print(f"CB trip -> env patched in {patched - tripped:.3f}s; next scheduled tick was "
+          f"{last_tick + 30 - tripped:.1f}s away")
+    assert patched < last_tick + 30, "patched only at the scheduled tick: the log line did not wake the rollout"
+
+    assert_env(env, {**before, ENFORCE: "0"})
+    st = rolled_back(env, "R1")
+    last = assert_rollback_recorded(env, st, "R1", {"CircuitBreakerTripped"})
+    assert any("FILL_PROB_CIRCUIT_BREAKER_TRIPPED" in line for line in last["evidence"].get("logLines", [])), last
+    text = env.operator.metrics()
+    follows = metric_value(text, "fillprob_operator_kubernetes_requests_total", {"verb": "follow", "resource": "pods/log"})
+    assert follows is not None and follows >= 1, follows
+
+
 def test_cb_trip_in_expand2_applies_r2_to_batch1_set(grinder_env):
     """CB trip x Expand k -> R2 to k-1: ENFORCE_SYMBOLS = canary + batch 1, the last known-good
     (the allowlist of the last step that Passed); ENFORCE stays 1, nothing else changes."""

@@ -19,12 +19,16 @@ import collections
 import copy
 import hashlib
 import itertools
+import queue
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from fillprob_operator.adapters.kubernetes import KubernetesAdapter
+from fillprob_operator.adapters.logs import PodLog, scan_line
 from promql_reading import in_answer, read_query
 
 GROUP, VERSION, PLURAL = "grinder.io", "v1alpha1", "fillprobrollouts"
@@ -100,6 +104,7 @@ class FakeCluster:
         return KubernetesAdapter(
             core=self.core, apps=self.apps, batch=self.batch, custom=self.custom,
             to_dict=copy.deepcopy, executor=None, timeout=5.0, clock=clock, instance="test",
+            logs=FakeLogs(self),
         )
 
     def put(self, kind: str, obj: dict) -> dict:
@@ -177,6 +182,43 @@ class FakeCluster:
             "status": {"containerStatuses": [{"name": "preflight", "state": {"terminated": {"exitCode": exit_code}}}]},
         })
         self.logs[(namespace, pod_name)] = output
+
+
+class FakeLogs:
+    """`LogFollower`'s interface over `FakeCluster.logs`, synchronous: each `observe` sees the
+    whole log as it is now (what a follower that has caught up knows), so ticks stay
+    deterministic. `fail_next["read_log"]` makes one pod's stream down (missing data)."""
+
+    def __init__(self, cluster: "FakeCluster") -> None:
+        self.cluster = cluster
+        self.followed: dict[tuple[str, str], set[str]] = {}
+        self.wake = None
+
+    def wake_with(self, wake) -> None:
+        self.wake = wake
+
+    async def observe(self, owner, namespace, pods, container, *, timeout):
+        self.followed[owner] = {name for name, _ in pods}
+        seen = {}
+        for name, uid in pods:
+            try:
+                self.cluster.record("read_log")
+            except ApiException:
+                seen[uid] = PodLog(readable=False)
+                continue
+            resolution, trips = None, []
+            for line in self.cluster.logs.get((namespace, name), "").splitlines():
+                startup, trip = scan_line(line)
+                resolution = resolution or startup
+                trips += [trip] if trip else []
+            seen[uid] = PodLog(resolution, tuple(trips), readable=True)
+        return seen
+
+    def forget(self, owner) -> None:
+        self.followed.pop(owner, None)
+
+    def close(self) -> None:
+        self.followed.clear()
 
 
 class _Api:
@@ -282,6 +324,83 @@ class _Api:
 
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+SECOND = 1_000_000_000
+
+
+def stamp(nanos: int) -> str:
+    """The kubelet's RFC3339Nano with 9 digits."""
+    whole = datetime.fromtimestamp(nanos // SECOND, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{nanos % SECOND:09d}Z"
+
+
+END, DROP = object(), object()
+
+
+class FakeResponse:
+    """A `follow` response: the chunks queued so far, then it blocks for more until ended,
+    dropped (a broken connection) or closed (from another thread, as `interrupt` does)."""
+
+    def __init__(self) -> None:
+        self.chunks: queue.Queue = queue.Queue()
+        self.closed = threading.Event()
+
+    def stream(self, amt=None, decode_content=False):
+        while True:
+            item = self.chunks.get()
+            if item is END or self.closed.is_set():
+                return
+            if item is DROP:
+                raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+            yield item
+
+    def close(self) -> None:
+        self.closed.set()
+        self.chunks.put(END)
+
+
+class FakeKubelet:
+    """Pod logs (by pod name) with timestamps, a quarter second apart; `open` answers as
+    `open_log_stream` does against the API server: every line at or after `sinceTime` (whole
+    seconds), then what is written later, or raises what `refuse[pod]` says."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.logs: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
+        self.live: dict[str, list[FakeResponse]] = collections.defaultdict(list)
+        self.refuse: dict[str, BaseException] = {}
+        self.opens: list[tuple[str, str | None]] = []
+        self.clock = itertools.count(int(T0.timestamp()) * SECOND, SECOND // 4)
+
+    def write(self, pod: str, text: str) -> None:
+        with self.lock:
+            at = next(self.clock)
+            line = f"{stamp(at)} {text}\n"
+            self.logs[pod].append((at, line))
+            for response in self.live[pod]:
+                response.chunks.put(line.encode())
+
+    def open(self, namespace: str, pod: str, container: str, since: str | None) -> FakeResponse:
+        with self.lock:
+            self.opens.append((pod, since))
+            if pod in self.refuse:
+                raise self.refuse[pod]
+            response = FakeResponse()
+            start = None if since is None else int(
+                datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()) * SECOND
+            for at, line in self.logs[pod]:
+                if start is None or at >= start:
+                    response.chunks.put(line.encode())
+            self.live[pod].append(response)
+            return response
+
+    def drop(self, pod: str) -> None:
+        with self.lock:
+            for response in self.live.pop(pod, []):
+                response.chunks.put(DROP)
+
+    def streams_open(self, pod: str) -> int:
+        with self.lock:
+            return sum(not r.closed.is_set() for r in self.live[pod])
 
 
 class FakeClock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import urllib.request
 from typing import Any
 
@@ -439,6 +440,9 @@ def test_handlers_are_registered_for_fillprobrollouts():
     assert sorted(h.id for h in registry._changing.get_all_handlers() if h.selector.check(resource)) == [
         "rollback_requested/metadata.annotations.grinder.io/rollback", "spec_changed/spec"]
     assert {"startup", "cleanup"} <= {h.id for h in registry._activities.get_all_handlers()}
+    # kopf runs the startup handlers in this order: the receiver is up before the wait.
+    startups = [h.id for h in registry._activities.get_all_handlers() if h.activity.value == "startup"]
+    assert startups == ["startup", "until_served"]
 
 
 def test_webhook_submit_stores_for_any_rollout_and_wakes_a_daemon_running_here(world):
@@ -748,3 +752,47 @@ def test_readiness_asks_the_api_server_at_most_once_per_few_seconds():
 
     asyncio.run(scenario())
 
+
+
+class _ScriptedDiscovery:
+    """memo.kube for `until_served`: each call answers the next item (True, False or an error)."""
+
+    def __init__(self, *answers) -> None:
+        self.answers, self.calls = list(answers), 0
+
+    async def serves_rollouts(self) -> bool:
+        self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_until_served_waits_for_the_api_server_and_the_crd_discovery(monkeypatch, caplog):
+    """Started while the API server is down, then answering before its CRD discovery is filled:
+    kopf must not start watching until FillProbRollouts are served (it would never serve them)."""
+    monkeypatch.setattr(handlers, "SERVED_POLL_SECONDS", 0.001)
+    monkeypatch.setattr(handlers, "SERVED_REPORT_SECONDS", 0.0)
+    kube = _ScriptedDiscovery(KubernetesError("connection refused"), KubernetesError("connection refused"),
+                              False, False, True, KubernetesError("must not be asked again"))
+    memo = kopf.Memo(kube=kube)
+    caplog.set_level(logging.INFO, logger="fillprob_operator")
+    asyncio.run(asyncio.wait_for(handlers.until_served(memo=memo), 5))
+    assert kube.calls == 5
+    waited = [r.getMessage() for r in caplog.records if "waiting_for_api_server" in r.getMessage()]
+    assert any("does not answer" in m for m in waited) and any("is the CRD installed" in m for m in waited)
+
+
+def test_until_served_goes_on_when_the_crd_is_not_installed(monkeypatch, caplog):
+    """An API server that answers without FillProbRollouts for the grace period: watch anyway
+    (kopf serves them once the CRD is created); one that never answers: keep waiting."""
+    monkeypatch.setattr(handlers, "SERVED_POLL_SECONDS", 0.001)
+    monkeypatch.setattr(handlers, "SERVED_GRACE_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="fillprob_operator")
+    asyncio.run(asyncio.wait_for(handlers.until_served(memo=kopf.Memo(kube=_ScriptedDiscovery(False))), 5))
+    assert any("rollouts_not_served" in r.getMessage() for r in caplog.records)
+
+    down = _ScriptedDiscovery(KubernetesError("connection refused"))
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(asyncio.wait_for(handlers.until_served(memo=kopf.Memo(kube=down)), 0.3))
+    assert down.calls > 3

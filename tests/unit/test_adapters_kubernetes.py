@@ -12,9 +12,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from fillprob_operator.adapters.kubernetes import (
-    LOG_TAIL_LINES,
     RESTART_TOKEN_ANNOTATION,
     KubernetesAdapter,
+    KubernetesError,
     env_literals,
     env_managers,
     env_patch_body,
@@ -22,7 +22,6 @@ from fillprob_operator.adapters.kubernetes import (
     job_state,
     managed_container,
     newest_replica_set,
-    parse_startup_log,
     preflight_job_body,
     restart_token_at,
     replica_set_pods,
@@ -31,6 +30,7 @@ from fillprob_operator.adapters.kubernetes import (
     unmanaged_changes,
 )
 from fillprob_operator.domain.actions import EmitEvent, PatchEnv, RunPreflight
+from fillprob_operator.adapters.logs import PodLog
 from fillprob_operator.domain.observations import JobState
 
 
@@ -226,31 +226,6 @@ def test_newest_replica_set_and_its_pods():
     assert [p["metadata"]["name"] for p in replica_set_pods(newest, pods)] == ["grinder-bbb-1", "grinder-bbb-2"]
 
 
-def test_parse_startup_log_takes_the_first_resolution_line_and_every_breaker_trip():
-    log = "\n".join([
-        "2024-05-01T10:00:00Z INFO booting",
-        "2024-05-01T10:00:01Z INFO engine: FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only "
-        "recommended_bps=2400 configured_bps=2500 effective_bps=2500\r",
-        "FILL_PROB_THRESHOLD_RESOLUTION_FAILED reason_code=late detail=ignored",
-        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=46 rate_pct=92.0",
-        "order SYM1 blocked",
-        "WARN fill_prob_gate: FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=50 rate_pct=100.0",
-    ])
-    resolution, trips = parse_startup_log(log)
-    assert resolution == (
-        "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only recommended_bps=2400 "
-        "configured_bps=2500 effective_bps=2500"
-    )
-    assert trips == (
-        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=46 rate_pct=92.0",
-        "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=50 rate_pct=100.0",
-    )
-    assert parse_startup_log("THRESHOLD_RESOLVE_SKIPPED reason=model_dir_unset\n") == (
-        "THRESHOLD_RESOLVE_SKIPPED reason=model_dir_unset", ())
-    assert parse_startup_log("") == (None, ())
-    assert parse_startup_log("XFILL_PROB_THRESHOLD_RESOLUTION_OK mode=x") == (None, ())
-
-
 def test_preflight_job_runs_the_managed_container_image_env_and_volumes():
     owner = {"apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout",
              "metadata": {"name": "grinder-rollout", "namespace": "trading", "uid": "fpr-uid"}}
@@ -405,11 +380,10 @@ def test_env_managers_parse_the_element_keys_not_their_text():
 
 
 class FakeApi:
-    """Just the client calls `observe_deployment` makes; `logs` maps pod -> text or exception."""
+    """Just the client calls `observe_deployment` makes (the pods' logs are `StubLogs`')."""
 
-    def __init__(self, dep: dict, pods: list[dict], logs: dict):
-        self.dep, self.pods, self.logs = dep, pods, logs
-        self.log_reads: list[tuple[str, dict]] = []
+    def __init__(self, dep: dict, pods: list[dict]):
+        self.dep, self.pods = dep, pods
         rs_meta = {"name": "grinder-abc", "uid": "rs-uid", "labels": {"pod-template-hash": "abc"},
                    "annotations": {"deployment.kubernetes.io/revision": "2"},
                    "ownerReferences": [{"uid": dep["metadata"]["uid"]}]}
@@ -424,13 +398,17 @@ class FakeApi:
     def list_namespaced_pod(self, namespace, label_selector=None, **_):
         return {"items": copy.deepcopy(self.pods)}
 
-    def read_namespaced_pod_log(self, name, namespace, container=None, **kwargs):
-        kwargs.pop("_request_timeout", None)
-        self.log_reads.append((name, kwargs))
-        outcome = self.logs[name]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+
+class StubLogs:
+    """`LogFollower.observe` answering from `logs` (pod uid -> PodLog); records what it was asked."""
+
+    def __init__(self, logs: dict):
+        self.logs = logs
+        self.asked: list[tuple] = []
+
+    async def observe(self, owner, namespace, pods, container, *, timeout):
+        self.asked.append((owner, namespace, tuple(pods), container))
+        return {uid: self.logs.get(uid, PodLog()) for _, uid in pods}
 
 
 def grinder_pod(name: str) -> dict:
@@ -443,77 +421,44 @@ def grinder_pod(name: str) -> dict:
 OK_LINE = "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only effective_bps=2500"
 
 
-def observe(api: FakeApi, adapter: KubernetesAdapter | None = None):
-    adapter = adapter or KubernetesAdapter(core=api, apps=api, batch=None, custom=None, to_dict=copy.deepcopy,
-                                           timeout=1.0)
-    return adapter, asyncio.run(adapter.observe_deployment("trading", "grinder", "grinder"))
+def observe(api: FakeApi, logs: StubLogs | None = None, **kwargs):
+    adapter = KubernetesAdapter(core=api, apps=api, batch=None, custom=None, to_dict=copy.deepcopy,
+                                timeout=1.0, logs=logs or StubLogs({}))
+    return adapter, asyncio.run(adapter.observe_deployment("trading", "grinder", "grinder", **kwargs))
 
 
 def test_observation_carries_uid_and_env_managers():
     dep = with_managed_fields({"manager": "kubectl-set", "time": "2024-05-01T12:30:00Z",
                                "fieldsV1": env_fields("grinder", "GRINDER_FILL_MODEL_ENFORCE")})
-    _, seen = observe(FakeApi(dep, [], {}))
+    _, seen = observe(FakeApi(dep, []))
     assert seen.uid == "dep-uid"
     assert seen.env_managers["GRINDER_FILL_MODEL_ENFORCE"] == "kubectl-set"
     assert seen.env_managers["GRINDER_FILL_MODEL_DIR"] == ""
 
 
-@pytest.mark.parametrize(
-    "failure, readable",
-    [
-        (ApiException(status=400, reason="container is waiting to start"), True),  # nothing logged yet
-        (ApiException(status=404, reason="pod gone"), True),
-        (ApiException(status=500, reason="kubelet unreachable"), False),
-        (ApiException(status=403, reason="Forbidden"), False),
-        (ConnectionResetError("stream dropped"), False),  # -> KubernetesError inside the adapter
-    ],
-)
-def test_a_log_that_cannot_be_read_is_missing_data_not_a_missing_line(failure, readable):
-    _, seen = observe(FakeApi(deployment(), [grinder_pod("grinder-abc-1")], {"grinder-abc-1": failure}))
-    (pod,) = seen.new_pods
-    assert (pod.resolution_line, pod.circuit_breaker_lines, pod.log_readable) == (None, (), readable)
-
-
-@pytest.mark.parametrize(
-    "answer, readable",
-    [
-        # What a real kubelet sends (HTTP 200) when the log file is gone or replaced under it.
-        ('failed to try resolving symlinks in path "/var/log/pods/trading_grinder-abc-1_u/grinder/0.log": '
-         "lstat /var/log/pods/trading_grinder-abc-1_u/grinder/0.log: no such file or directory", False),
-        ('failed to tail 200 lines of log file "/var/log/pods/x/grinder/0.log": read /var/log/pods/x/grinder/0.log: '
-         "is a directory", False),
-        ('failed to open log file "/var/log/pods/x/grinder/0.log": open: permission denied\n', False),
-        # A log that merely contains such words is a log.
-        (f'{OK_LINE}\nfailed to open log file "/data/x" (the app said so)\n', True),
-        ("", True),
-    ],
-)
-def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(answer, readable):
-    _, seen = observe(FakeApi(deployment(), [grinder_pod("grinder-abc-1")], {"grinder-abc-1": answer}))
-    (pod,) = seen.new_pods
-    assert pod.log_readable is readable
-    assert pod.resolution_line == (OK_LINE if OK_LINE in answer else None)
-
-
-def test_resolution_line_is_cached_but_an_unreadable_tail_still_counts():
-    api = FakeApi(deployment(), [grinder_pod("grinder-abc-1"), grinder_pod("grinder-abc-2")],
-                  {"grinder-abc-1": f"boot\n{OK_LINE}\nFILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3\n",
-                   "grinder-abc-2": ApiException(status=500, reason="kubelet unreachable")})
-    adapter, seen = observe(api)
+def test_new_pods_say_what_their_followed_logs_said_and_a_stream_down_is_missing_data():
+    cb = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3"
+    logs = StubLogs({"grinder-abc-1-uid": PodLog(OK_LINE, (cb,), readable=True),
+                     "grinder-abc-2-uid": PodLog(None, (), readable=False)})
+    _, seen = observe(FakeApi(deployment(), [grinder_pod("grinder-abc-1"), grinder_pod("grinder-abc-2")]), logs,
+                      rollout="grinder-rollout")
     first, second = seen.new_pods
-    assert (first.resolution_line, first.log_readable) == (OK_LINE, True)
-    assert first.circuit_breaker_lines == ("FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=3",)
-    assert (second.resolution_line, second.log_readable) == (None, False)
+    assert (first.pod, first.resolution_line, first.circuit_breaker_lines, first.log_readable) == (
+        "grinder-abc-1", OK_LINE, (cb,), True)
+    assert (second.pod, second.resolution_line, second.log_readable) == ("grinder-abc-2", None, False)
+    # followed for the rollout (its daemon is woken), the managed container only
+    assert logs.asked == [(("trading", "grinder-rollout"), "trading",
+                           (("grinder-abc-1", "grinder-abc-1-uid"), ("grinder-abc-2", "grinder-abc-2-uid")), "grinder")]
 
-    # next tick: pod 1's startup line comes from the cache (no head read), its tail fails
-    api.log_reads.clear()
-    api.logs["grinder-abc-1"] = ApiException(status=500, reason="kubelet unreachable")
-    api.logs["grinder-abc-2"] = OK_LINE + "\n"
-    _, seen = observe(api, adapter)
-    first, second = seen.new_pods
-    assert (first.resolution_line, first.circuit_breaker_lines, first.log_readable) == (OK_LINE, (), False)
-    assert (second.resolution_line, second.log_readable) == (OK_LINE, True)
-    assert [kw for name, kw in api.log_reads if name == "grinder-abc-1"] == [{"tail_lines": LOG_TAIL_LINES}]
+
+def test_a_deployment_gone_stops_following_its_pods():
+    api = FakeApi(deployment(), [grinder_pod("grinder-abc-1")])
+    logs = StubLogs({})
+    adapter, _ = observe(api, logs)
+    api.read_namespaced_deployment = lambda *a, **k: (_ for _ in ()).throw(ApiException(status=404))
+    seen = asyncio.run(adapter.observe_deployment("trading", "grinder", "grinder"))
+    assert seen.exists is False
+    assert logs.asked[-1] == (("trading", "grinder"), "trading", (), "")
 
 
 def test_restart_token_at_is_when_the_annotation_was_last_written() -> None:
@@ -527,3 +472,71 @@ def test_restart_token_at_is_when_the_annotation_was_last_written() -> None:
     ]}}
     assert restart_token_at(deployment).isoformat() == "2026-12-01T10:05:00+00:00"
     assert restart_token_at({"metadata": {"managedFields": [deployment["metadata"]["managedFields"][0]]}}) is None
+
+
+class _Discovery:
+    """CustomObjectsApi.get_api_resources, answering from a script: a dict or an exception."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, str]] = []
+
+    def get_api_resources(self, group, version, **_):
+        self.asked.append((group, version))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_serves_rollouts_reads_discovery_of_its_group_version():
+    listed = {"resources": [{"name": "fillprobrollouts"}, {"name": "fillprobrollouts/status"}]}
+    other = {"resources": [{"name": "somethingelse"}]}
+    custom = _Discovery(listed, other, {}, ApiException(status=404, reason="Not Found"),
+                        ApiException(status=503, reason="Service Unavailable"), OSError("connection refused"))
+    adapter = KubernetesAdapter(core=None, apps=None, batch=None, custom=custom, to_dict=copy.deepcopy)
+    answers = []
+    for _ in range(4):
+        answers.append(asyncio.run(adapter.serves_rollouts()))
+    assert answers == [True, False, False, False]  # 404: the group-version is not served (yet)
+    for _ in range(2):  # no answer, or not a useful one: the caller waits and asks again
+        with pytest.raises(KubernetesError):
+            asyncio.run(adapter.serves_rollouts())
+    assert set(custom.asked) == {("grinder.io", "v1alpha1")}
+
+
+def test_request_labels_name_verb_and_resource():
+    from fillprob_operator.adapters.kubernetes import request_labels
+
+    assert request_labels("list_namespaced_replica_set") == ("list", "replicasets")
+    assert request_labels("read_namespaced_deployment") == ("get", "deployments")
+    assert request_labels("patch_namespaced_custom_object_status") == ("patch", "fillprobrollouts/status")
+    assert request_labels("get_namespaced_custom_object") == ("get", "fillprobrollouts")
+    assert request_labels("read_namespaced_pod_log") == ("get", "pods/log")
+    assert request_labels("get_api_resources") == ("get", "discovery")
+
+
+def test_open_log_stream_follows_with_timestamps_and_resumes_with_since_time():
+    from kubernetes import client
+
+    from fillprob_operator.adapters.kubernetes import open_log_stream
+
+    api = client.ApiClient(client.Configuration(host="https://kube.test:6443"))
+    sent = []
+
+    class Answer:
+        status, response = 200, "the stream"
+
+    def call_api(method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        sent.append((method, url, _request_timeout))
+        assert header_params["Accept"] == "application/json"  # text/plain is refused (406)
+        return Answer()
+
+    api.call_api = call_api
+    assert open_log_stream(api, "trading", "grinder-abc-1", "grinder", "2024-05-01T12:00:00Z", timeout=7) == "the stream"
+    open_log_stream(api, "trading", "grinder-abc-1", "grinder", None, timeout=7)
+    method, url, timeout = sent[0]
+    assert method == "GET" and timeout[0] == 7
+    assert url == ("https://kube.test:6443/api/v1/namespaces/trading/pods/grinder-abc-1/log"
+                   "?container=grinder&follow=true&timestamps=true&sinceTime=2024-05-01T12%3A00%3A00Z")
+    assert "sinceTime" not in sent[1][1]

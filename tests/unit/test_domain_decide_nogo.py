@@ -140,7 +140,7 @@ def test_rollback_evidence_names_the_values_that_decided() -> None:
     evidence = d.status.last_rollback.evidence
     assert evidence["cbTrips"] == {pod: 1 for pod in pods}
     assert any("FILL_PROB_CIRCUIT_BREAKER_TRIPPED" in line for line in evidence["logLines"])
-    assert evidence["playbook"] == "R1" and evidence["signals"] == ["CircuitBreakerTripped", "CircuitBreakerTripped"]
+    assert evidence["playbook"] == "R1" and evidence["signals"] == ["CircuitBreakerTripped"]
     assert d.status.history[-1].evidence["cbTrips"] == evidence["cbTrips"]
 
 

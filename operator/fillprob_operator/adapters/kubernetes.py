@@ -10,13 +10,12 @@ anything else -> `KubernetesError` (the reconciler skips the tick and tries agai
 from __future__ import annotations
 
 import asyncio
-import collections
+import copy
 import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import socket
 from concurrent.futures import Executor
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 from kubernetes.client.exceptions import ApiException
 
 from .clock import SystemClock
+from .logs import IDLE_READ_SECONDS, KUBELET_LOG_FILE_ERROR, LogFollower
 from ..domain.actions import EmitEvent, PatchEnv, RunPreflight
 from ..domain.observations import (
     DeploymentObservation,
@@ -54,27 +54,8 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 POD_TEMPLATE_HASH = "pod-template-hash"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PREFLIGHT_CONTAINER = "preflight"
-# What the kubelet sends as the log (HTTP 200) when it cannot read the container's log file:
-# k8s.io/cri-client pkg/logs ReadLogs' errors, e.g. `failed to try resolving symlinks in path
-# "/var/log/pods/..."`, `failed to open log file "..."`.
-KUBELET_LOG_FILE_ERROR = re.compile(
-    r'failed to (try resolving symlinks in path|open log file|tail \d+ lines of log file|'
-    r'seek -?\d+ in log file|read log file|reset seek in log file) "'
-)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fillprob-operator"}
 
-STARTUP_TOKENS = (
-    "FILL_PROB_THRESHOLD_RESOLUTION_OK",
-    "FILL_PROB_THRESHOLD_RESOLUTION_FAILED",
-    "THRESHOLD_RESOLVE_SKIPPED",
-)
-CIRCUIT_BREAKER_TOKEN = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED"
-_STARTUP_RE = re.compile(r"\b(?:" + "|".join(STARTUP_TOKENS) + r")\b.*")
-_CB_RE = re.compile(r"\b" + CIRCUIT_BREAKER_TOKEN + r"\b.*")
-
-# The startup line is near the head of a pod's log; circuit-breaker trips anywhere.
-LOG_HEAD_BYTES = 256 * 1024
-LOG_TAIL_LINES = 2000
 PREFLIGHT_LOG_BYTES = 64 * 1024
 PREFLIGHT_TTL_SECONDS = 24 * 3600
 
@@ -329,25 +310,6 @@ def label_selector(match_labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
 
 
-def parse_startup_log(text: str) -> tuple[str | None, tuple[str, ...]]:
-    """(first threshold-resolution line, every circuit-breaker line) of a pod log.
-
-    Lines may carry a logger prefix (timestamp, level); what is returned starts at the token.
-    """
-    resolution: str | None = None
-    trips: list[str] = []
-    for raw in text.splitlines():
-        line = raw.rstrip("\r")
-        if resolution is None:
-            found = _STARTUP_RE.search(line)
-            if found:
-                resolution = found.group(0).strip()
-        trip = _CB_RE.search(line)
-        if trip:
-            trips.append(trip.group(0).strip())
-    return resolution, tuple(trips)
-
-
 def env_patch_body(container: Mapping[str, Any], action: PatchEnv) -> dict[str, Any]:
     """ONE strategic-merge patch: the managed keys of one container, plus the restart marker.
 
@@ -529,6 +491,19 @@ def api_message(exc: ApiException, limit: int = 300) -> str:
     return f": {message[:limit]}{'...' if len(message) > limit else ''}" if message else ""
 
 
+_VERBS = {"read": "get", "get": "get", "list": "list", "patch": "patch", "create": "create",
+          "delete": "delete", "replace": "update"}
+_RESOURCES = {"custom_object": "fillprobrollouts", "custom_object_status": "fillprobrollouts/status",
+              "pod_log": "pods/log", "api_resources": "discovery"}
+
+
+def request_labels(method: str) -> tuple[str, str]:
+    """(verb, resource) of a client method: `list_namespaced_replica_set` -> (list, replicasets)."""
+    verb, _, rest = method.partition("_")
+    rest = rest.removeprefix("namespaced_")
+    return _VERBS.get(verb, verb or "call"), _RESOURCES.get(rest, rest.replace("_", "") + "s" if rest else "unknown")
+
+
 # --------------------------------------------------------------------------------------
 # I/O
 # --------------------------------------------------------------------------------------
@@ -551,6 +526,8 @@ class KubernetesAdapter:
         component: str = "fillprob-operator",
         instance: str | None = None,
         close: Callable[[], None] | None = None,
+        logs: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.core, self.apps, self.batch, self.custom = core, apps, batch, custom
         self._to_dict = to_dict
@@ -560,8 +537,12 @@ class KubernetesAdapter:
         self._component = component
         self._instance = instance or socket.gethostname()
         self._close = close
-        # A pod's startup line never changes once logged: remember it by pod uid.
-        self._resolution_lines: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._metrics = metrics
+        # The pods' logs, followed (adapters/logs.py): by default through `core`'s own client.
+        self.logs = logs if logs is not None else LogFollower(
+            functools.partial(open_log_stream, getattr(core, "api_client", None), timeout=timeout),
+            metrics=metrics,
+        )
 
     @classmethod
     def from_api_client(cls, api_client: Any, **kwargs: Any) -> "KubernetesAdapter":
@@ -573,15 +554,21 @@ class KubernetesAdapter:
             batch=client.BatchV1Api(api_client),
             custom=client.CustomObjectsApi(api_client),
             to_dict=api_client.sanitize_for_serialization,
-            close=api_client.close,
-            **kwargs,
+            **{"close": api_client.close, **kwargs},
         )
 
     def close(self) -> None:
+        self.logs.close()
         if self._close is not None:
             self._close()
 
+    def count_request(self, verb: str, resource: str) -> None:
+        """fillprob_operator_kubernetes_requests_total (for `make bench`: requests per rollout)."""
+        if self._metrics is not None:
+            self._metrics.kubernetes_requests.labels(verb, resource).inc()
+
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.count_request(*request_labels(getattr(fn, "__name__", "")))
         kwargs.setdefault("_request_timeout", self._timeout)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
@@ -617,6 +604,17 @@ class KubernetesAdapter:
             await self._call(self.core.get_api_resources)
         except ApiException as exc:
             raise KubernetesError(f"GET /api/v1: {exc.status} {exc.reason}") from exc
+
+    async def serves_rollouts(self) -> bool:
+        """Whether discovery lists FillProbRollouts (GET /apis/grinder.io/v1alpha1): False when
+        the API server answers without them; KubernetesError when it does not answer."""
+        try:
+            found = self._to_dict(await self._call(self.custom.get_api_resources, GROUP, VERSION))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubernetesError(f"GET /apis/{API_VERSION}: {exc.status} {exc.reason}", status=exc.status) from exc
+        return any(r.get("name") == PLURAL for r in (found or {}).get("resources") or ())
 
     async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read(
@@ -715,18 +713,23 @@ class KubernetesAdapter:
         return await self._read(self.apps.read_namespaced_deployment, name, namespace)
 
     async def observe_deployment(
-        self, namespace: str, name: str, container_name: str | None
+        self, namespace: str, name: str, container_name: str | None, *, rollout: str | None = None
     ) -> DeploymentObservation:
+        """The Deployment and its newest ReplicaSet's pods; their logs are followed for
+        `rollout` (whose daemon a resolution or circuit-breaker line wakes)."""
+        owner = (namespace, rollout or name)
         deployment = await self.read_deployment(namespace, name)
         if deployment is None:
+            await self._follow(owner, namespace, (), "")
             return DeploymentObservation(exists=False, rollout_message=f"Deployment {name!r} not found")
         container = managed_container(deployment, container_name)
         complete, message = rollout_status(deployment)
         status = deployment.get("status") or {}
         new_pods: tuple[PodStartup, ...] = ()
         if container is not None:
-            new_pods = await self._new_pods(namespace, deployment, container["name"])
+            new_pods = await self._new_pods(owner, namespace, deployment, container["name"])
         else:
+            await self._follow(owner, namespace, (), "")
             message = f"container {container_name!r} not found; {message}"
         return DeploymentObservation(
             exists=True,
@@ -743,8 +746,20 @@ class KubernetesAdapter:
             new_pods=new_pods,
         )
 
+    def forget_rollout(self, namespace: str, name: str) -> None:
+        """The rollout's daemon stopped here: its pods' log streams stop."""
+        self.logs.forget((namespace, name))
+
+    async def _follow(
+        self, owner: tuple[str, str], namespace: str, pods: Iterable[Mapping[str, Any]], container: str
+    ) -> dict[str, Any]:
+        return await self.logs.observe(
+            owner, namespace, [(_meta(p)["name"], _meta(p).get("uid") or _meta(p)["name"]) for p in pods],
+            container, timeout=self._timeout,
+        )
+
     async def _new_pods(
-        self, namespace: str, deployment: Mapping[str, Any], container: str
+        self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str
     ) -> tuple[PodStartup, ...]:
         match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         selector = label_selector(match_labels)
@@ -752,21 +767,28 @@ class KubernetesAdapter:
             self.apps.list_namespaced_replica_set, namespace, label_selector=selector
         )
         newest = newest_replica_set(deployment, replica_sets)
-        if newest is None:
-            return ()
-        rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
-        pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
-        pods = replica_set_pods(
-            newest, await self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector)
-        )
-        return tuple(
-            await asyncio.gather(*(self._pod_startup(namespace, pod, container) for pod in pods))
-        )
+        pods: list[dict[str, Any]] = []
+        if newest is not None:
+            rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
+            pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
+            pods = replica_set_pods(
+                newest, await self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector)
+            )
+        logs = await self._follow(owner, namespace, pods, container)
+        startups = []
+        for pod in pods:
+            log = logs[_meta(pod).get("uid") or _meta(pod)["name"]]
+            startups.append(PodStartup(
+                pod=_meta(pod)["name"], ready=pod_ready(pod), resolution_line=log.resolution_line,
+                circuit_breaker_lines=log.circuit_breaker_lines, log_readable=log.readable,
+            ))
+        return tuple(startups)
 
     async def _pod_log(
         self, namespace: str, pod: str, container: str, *, strict: bool = False, **kwargs: Any
     ) -> str | None:
-        """The log text; "" when there is none yet (container waiting, pod gone: 400/404).
+        """The log text, read once (the preflight Job's pod; the Deployment's pods are followed);
+        "" when there is none yet (container waiting, pod gone: 400/404).
 
         Other failures raise when `strict`; otherwise they return None: a pod log that cannot
         be read is missing data, never "the line is not there" (API.md, Everyday change). That
@@ -792,27 +814,6 @@ class KubernetesAdapter:
             logger.warning("event=pod_log_unreadable namespace=%s pod=%s error=%r", namespace, pod, text.strip())
             return None
         return text
-
-    async def _pod_startup(self, namespace: str, pod: Mapping[str, Any], container: str) -> PodStartup:
-        name = _meta(pod)["name"]
-        uid = _meta(pod).get("uid") or name
-        readable = True
-        resolution = self._resolution_lines.get(uid)
-        if resolution is None:
-            head = await self._pod_log(namespace, name, container, limit_bytes=LOG_HEAD_BYTES)
-            readable = head is not None
-            resolution, _ = parse_startup_log(head or "")
-            if resolution is not None:
-                self._resolution_lines[uid] = resolution
-                while len(self._resolution_lines) > 4096:
-                    self._resolution_lines.popitem(last=False)
-        tail = await self._pod_log(namespace, name, container, tail_lines=LOG_TAIL_LINES)
-        readable = readable and tail is not None
-        _, trips = parse_startup_log(tail or "")
-        return PodStartup(
-            pod=name, ready=pod_ready(pod), resolution_line=resolution,
-            circuit_breaker_lines=trips, log_readable=readable,
-        )
 
     async def patch_env(self, namespace: str, name: str, action: PatchEnv) -> bool:
         """Apply the env change and restart marker; False when already applied (or gone).
@@ -897,10 +898,41 @@ class KubernetesAdapter:
         )
 
 
+def open_log_stream(
+    api_client: Any, namespace: str, pod: str, container: str, since_time: str | None, *, timeout: float
+) -> Any:
+    """`GET /api/v1/namespaces/<ns>/pods/<pod>/log?follow=true&timestamps=true[&sinceTime=...]`,
+    blocking: the streaming urllib3 response, or ApiException. Built by hand because the
+    generated client has no `since_time` (the OpenAPI spec lists `sinceSeconds` only, which
+    would depend on the node's clock agreeing with ours)."""
+    if api_client is None:
+        raise KubernetesError("no API client to follow pod logs with")
+    query: list[tuple[str, Any]] = [("container", container), ("follow", True), ("timestamps", True)]
+    if since_time:
+        query.append(("sinceTime", since_time))
+    request = api_client.param_serialize(
+        method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
+        path_params={"namespace": namespace, "name": pod}, query_params=query,
+        # The API server refuses `Accept: text/plain` here (406); it answers text whatever we accept.
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(*request, _request_timeout=(timeout, IDLE_READ_SECONDS))
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
 def build_adapter(
-    *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16
+    *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16,
+    metrics: Any = None, log_streams: int = 200,
 ) -> KubernetesAdapter:
-    """In-cluster config when running in a pod, else the current KUBECONFIG."""
+    """In-cluster config when running in a pod, else the current KUBECONFIG.
+
+    Log streams get a client of their own: each holds a connection for as long as it follows
+    (a pool as large as the streams allowed, TCP keepalive so a dead peer is noticed), and
+    never takes one from the pool the ticks' requests use.
+    """
     from kubernetes import client, config
 
     configuration = client.Configuration()
@@ -913,8 +945,21 @@ def build_adapter(
             client_configuration=configuration,
             persist_config=False,
         )
+    streams_configuration = copy.deepcopy(configuration)
+    streams_configuration.connection_pool_maxsize = log_streams
+    streams_configuration.keep_alive = True
     configuration.connection_pool_maxsize = pool_size
     api_client = client.ApiClient(configuration)
+    streams_client = client.ApiClient(streams_configuration)
+
+    def close() -> None:
+        api_client.close()
+        streams_client.close()
+
     return KubernetesAdapter.from_api_client(
-        api_client, executor=executor, timeout=timeout, clock=clock
+        api_client, executor=executor, timeout=timeout, clock=clock, metrics=metrics, close=close,
+        logs=LogFollower(
+            functools.partial(open_log_stream, streams_client, timeout=timeout),
+            max_streams=log_streams, metrics=metrics,
+        ),
     )

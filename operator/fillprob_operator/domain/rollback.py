@@ -37,7 +37,8 @@ def no_go(t: Tick, findings: list[Finding]) -> None:
 def answer(t: Tick, findings: list[Finding], response: Response, decisive: Finding | None = None) -> None:
     decisive = decisive or findings[0]
     evidence = merge_evidence(f.evidence for f in findings)
-    evidence["signals"] = [f.reason.value for f in findings]
+    # Each signal once, however many sources saw it (a CB trip is a log line and a counter).
+    evidence["signals"] = list(dict.fromkeys(f.reason.value for f in findings))
     message = "; ".join(dict.fromkeys(f.message for f in findings))
     if response == HALT:
         t.halt(decisive.reason, message, evidence)
