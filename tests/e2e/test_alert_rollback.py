@@ -15,31 +15,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timezone
 
 import pytest
 from chart_release import CHART, ChartRelease, wait_rollout
-from support import wait_for
+from support import http, wait_for
 
 pytestmark = pytest.mark.e2e
 
 RULES_FILE = CHART / "files" / "prometheus-rules.yml"
 ALERT = "FillProbCircuitBreakerTripped"
 
-
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | str]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback)
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 def reload(url: str) -> None:
