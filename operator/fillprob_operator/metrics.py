@@ -22,6 +22,8 @@ from prometheus_client import (
 # Detection is seconds to minutes: a scrape interval, an evaluation interval, an API call.
 DETECTION_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, float("inf"))
 QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
+# The event loop's lag: fine where the promise is (p99 at most 50 ms), coarse above.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, float("inf"))
 
 # `fillprob_rollout_gate_evaluations_total{result}` values.
 GATE_GO = "go"
@@ -70,6 +72,18 @@ class OperatorMetrics:
             "fillprob_rollout_prometheus_query_seconds",
             "Latency of the gates' PromQL queries.",
             buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prometheus_samples = Counter(
+            "fillprob_rollout_prometheus_samples_total",
+            "Samples (series) in the answers to the gates' PromQL queries, by Prometheus URL.",
+            ["url"],
+            registry=self.registry,
+        )
+        self.event_loop_lag = Histogram(
+            "fillprob_rollout_event_loop_lag_seconds",
+            "How late the operator's event loop wakes a task that sleeps a fixed period (loop_lag.py).",
+            buckets=LAG_BUCKETS,
             registry=self.registry,
         )
         self.condition = Gauge(

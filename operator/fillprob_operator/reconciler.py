@@ -28,13 +28,12 @@ from .adapters.kubernetes import (
     decode_rollback_request,
     is_alert_annotation,
 )
-from .adapters.prometheus import Matcher
 from .adapters.watches import rv_int
 from .api import RolloutStatus, status_from_dict
 from .domain.actions import EmitEvent
 from .domain.durations import parse_duration
 from .domain.observations import MetricsObservation, Observations, RollbackRequest
-from .domain.selector import default_selector, parse_selector
+from .domain.selector import Selector, default_selector, parse_selector
 from .domain.status import READY, set_condition
 from .metrics import GATE_ERROR, GATE_GO, GATE_NODATA, GATE_NOGO, OperatorMetrics
 
@@ -227,12 +226,12 @@ class DomainPort:
         return cls(parse_spec=parse_spec, parse_status=status_from_dict, decide=decide)
 
 
-def selector_matcher(raw_spec: Mapping[str, Any], namespace: str) -> Matcher:
+def rollout_selector(raw_spec: Mapping[str, Any], namespace: str) -> Selector:
     """`spec.prometheus.selector`, or this Deployment's pods in this namespace."""
     text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
     if text:
-        return parse_selector(text).matches
-    return default_selector(namespace, raw_spec.get("deploymentName", "")).matches
+        return parse_selector(text)
+    return default_selector(namespace, raw_spec.get("deploymentName", ""))
 
 
 @dataclass(frozen=True)
@@ -298,7 +297,7 @@ class Reconciler:
             logger.warning(kv("invalid_spec_guarding", namespace=namespace, name=name, generation=generation,
                               message=spec_error))
         read_spec = raw_spec if not spec_error else raw_status.get("appliedSpec") or {}
-        matches = selector_matcher(read_spec, namespace)
+        selector = rollout_selector(read_spec, namespace)
         try:
             status = self.domain.parse_status(raw_status)
         except ValueError as exc:
@@ -325,7 +324,7 @@ class Reconciler:
             self.kube.observe_deployment(
                 namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
             ),
-            self.gateway.observe(url, interval, now, matches),
+            self.gateway.observe(url, interval, now, selector, rollout=(namespace, name)),
             self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else no_preflight(),
         )
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):

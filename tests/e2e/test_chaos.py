@@ -377,6 +377,8 @@ class Monkey(threading.Thread):
         self.kills_to_arm = 0  # of which only to start an operator with the launcher's fault armed
         self.self_exits = 0
         self.in_window = 0  # kills that left status ahead of the Deployment (token not patched yet)
+        self.early_seams = 0  # launcher faults that fired before their station (kills all the same)
+        self.in_seam = False  # fire_seam waits for the fault it armed: supervise leaves it be
         self.error: BaseException | None = None
         self.done = threading.Event()  # every fault fired
         self.stop_requested = threading.Event()
@@ -401,12 +403,28 @@ class Monkey(threading.Thread):
                 for passed in range(i + 1):  # stations are in ceremony order
                     self.reached_at.setdefault(passed, now)
 
+    def fault_fired(self) -> bool:
+        """The running start's armed launcher fault fired (its log since this start says so)."""
+        if not self.armed:
+            return False
+        this_start = self.env.operator.tail(2000).rpartition(f"--- start {self.env.operator.starts} ---")[2]
+        return f"chaos: fault {self.armed} fired" in this_start
+
     def supervise(self) -> None:
         """An operator process that ended without the test killing it: the launcher's fault
-        fired (its log says so: fire_seam takes it), or it exited on its own: counted, and
-        started again after 1 s, as the kubelet would."""
+        fired (its log says so), or it exited on its own (counted). Either way it is started
+        again, the kubelet's way, except while fire_seam waits for the fault it armed. A fault
+        armed ahead of its station fires at the first step that gets that far, which may come
+        before the station: a kill all the same, counted apart; fire_seam arms it again."""
         code = self.env.operator.exited()
-        if code is None or (self.armed and f"chaos: fault {self.armed} fired" in self.env.operator.tail(400)):
+        if code is None:
+            return
+        if self.fault_fired():
+            if self.in_seam:
+                return
+            self.early_seams += 1
+            print(f"  chaos: fault {self.armed} fired before its station, at {self.where()}; started again unarmed")
+            self.start_operator("")
             return
         self.self_exits += 1
         print(f"  chaos: the operator exited on its own ({code}); started again\n{self.env.operator.tail(20)}")
@@ -467,6 +485,7 @@ class Monkey(threading.Thread):
             self.done.set()
             self.wait(24 * 3600)  # keep supervising and watching history until told to stop
         except BaseException as exc:  # noqa: BLE001 - reported by the test
+            print(f"  chaos: the monkey stopped: {exc!r}", flush=True)
             self.error = exc
             self.done.set()
 
@@ -477,11 +496,15 @@ class Monkey(threading.Thread):
         return landed
 
     def fire_seam(self, index: int, fault: Fault) -> str:
-        if self.armed != fault.arg:  # not armed at the previous restart: kill now, start it armed
-            self.kill9()
-            self.kills_to_arm += 1
-            self.start_operator(fault.arg)
-        self.wait(240, lambda: self.env.operator.exited() is not None or "settling" in self.marks)
+        self.in_seam = True
+        try:
+            if self.armed != fault.arg:  # not armed at the previous restart: kill now, start it armed
+                self.kill9()
+                self.kills_to_arm += 1
+                self.start_operator(fault.arg)
+            self.wait(240, lambda: self.env.operator.exited() is not None or "settling" in self.marks)
+        finally:
+            self.in_seam = False
         if self.env.operator.exited() is None:  # never got to its point: not counted as fired
             self.kill9()
             self.kills_to_arm += 1
@@ -620,13 +643,14 @@ def print_figures(p: Plan, ceremony: Ceremony, faults: list[Fault], monkey: Monk
     seam = Counter(f.arg.split(":")[0] for f in faults if f.kind == "seam" and f.fired)
     unfired = sum(1 for f in faults if f.kind == "seam" and not f.fired)
     landed = Counter(f.landed.split(" [")[0] for f in faults if f.kind in ("kill", "seam") and f.fired)
-    kills = monkey.kills + by_kind["seam"]
+    kills = monkey.kills + by_kind["seam"] + monkey.early_seams
     api = [f for f in faults if f.kind == "apiserver"]
     print(f"\nchaos figures (CHAOS_SEED={p.seed}, ceremony {ceremony.name}):")
     print(f"  operator kill -9: {kills} ({by_kind['kill']} at random moments, {monkey.kills_to_arm} to arm or "
           f"disarm the fault launcher, {sum(f.arg == 'kill-operator-while-down' for f in api)} while the API "
           f"server was down, {by_kind['seam']} by the launcher: {seam['before-patch-env']} before an env patch, "
-          f"{seam['after-status-write']} after a status write; {unfired} armed but never reached)")
+          f"{seam['after-status-write']} after a status write, {monkey.early_seams} before their station; "
+          f"{unfired} armed but never reached)")
     print(f"  kills that left status ahead of the Deployment (between the status write and the env patch): "
           f"{monkey.in_window}")
     print(f"  where the kills landed: {', '.join(f'{k}: {v}' for k, v in sorted(landed.items()))}")
@@ -741,7 +765,7 @@ def run_chaos(p: Plan, ceremony: Ceremony, chaos_env: Env, reference_env: Env, t
                                                                                   cmp["duplicated_entries"])
     assert not monkey.rewritten, monkey.rewritten
     assert cmp["jobs"][0] == cmp["jobs"][1], cmp["jobs"]
-    kills = monkey.kills + sum(f.fired for f in faults if f.kind == "seam")
+    kills = monkey.kills + sum(f.fired for f in faults if f.kind == "seam") + monkey.early_seams
     assert kills >= p.kills, f"{kills} kills happened, {p.kills} planned"
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import time
-import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
@@ -44,7 +43,7 @@ import chart_release
 import pytest
 from chart_release import ChartRelease, run, tool, wait_rollout
 from kubernetes import client
-from support import Env, holds_for, wait_for
+from support import Env, holds_for, http, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -428,18 +427,6 @@ def cb_alert(env: Env, note: str) -> dict:
 def request_key(alert: dict) -> str:
     return f"alert:{alert['fingerprint']}:{alert['startsAt']}"
 
-
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 (pod IPs of the local testbed)
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 def post_alert(pod: client.V1Pod, token: str, alert: dict) -> tuple[int, Any]:

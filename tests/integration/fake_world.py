@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from fillprob_operator.adapters.kubernetes import KubernetesAdapter
 from fillprob_operator.adapters.logs import PodLog, scan_line
+from promql_reading import in_answer, read_query
 
 GROUP, VERSION, PLURAL = "grinder.io", "v1alpha1", "fillprobrollouts"
 
@@ -488,8 +489,9 @@ class FakeClock:
 
 class FakePrometheus:
     """A `PrometheusConnect` stand-in: `pods[(ns, pod)][query] = value or {symbol: value}`
-    (the query as the gateway sends it); each pod also has `timestamp(up)`, two seconds
-    before now, unless `up` is False (a pod that is gone). `down` = unreachable."""
+    (the query without its label matchers); each pod also has `timestamp(up)`, two seconds
+    before now, unless `up` is False (a pod that is gone). A series is in the answer when the
+    query's matchers match it, as Prometheus would. `down` = unreachable."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
@@ -498,21 +500,22 @@ class FakePrometheus:
         self.calls: collections.Counter = collections.Counter()
 
     def custom_query(self, query: str) -> list[dict[str, Any]]:
-        self.calls[query] += 1
+        base, arms = read_query(query)
+        self.calls[base] += 1
         if self.down:
             raise ConnectionError("connection refused")
         now = self.clock.now().timestamp()
         out = []
         for (ns, pod), values in self.pods.items():
             labels = {"namespace": ns, "pod": pod}
-            if query == "timestamp(up)" and values.get("up", True):
+            if base == "timestamp(up)" and values.get("up", True):
                 out.append({"metric": labels, "value": [now, str(now - 2)]})
-            value = values.get(query)
+            value = values.get(base)
             if isinstance(value, dict):
                 out += [{"metric": {**labels, "symbol": sym}, "value": [now, str(v)]} for sym, v in value.items()]
             elif value is not None:
                 out.append({"metric": labels, "value": [now, str(value)]})
-        return out
+        return [series for series in out if in_answer(arms, series["metric"])]
 
 
 class FakeStopped:

@@ -331,10 +331,14 @@ def test_daemon_ticks_when_woken_and_forgets_a_deleted_rollout(world):
         await until(lambda: len(decide.seen) == 2)
         assert memo.metrics.registry.get_sample_value(
             "fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Preflight", "state": "Preflight"}) == 1
+        ours = {"namespace": NS, "pod": "grinder-5d9c7b-aaaaa"}
+        assert memo.gateway.scope("http://prometheus.test:9090", 30, clock.now()).matches(ours)
         stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
         await asyncio.wait_for(daemon, 5)
         assert memo.metrics.registry.get_sample_value(
             "fillprob_rollout_info", {"namespace": NS, "name": NAME, "phase": "Preflight", "state": "Preflight"}) is None
+        # its selector left the scope of the Prometheus queries with its daemon
+        assert memo.gateway.scope("http://prometheus.test:9090", 30, clock.now()).arms == ()
 
     asyncio.run(scenario())
 
@@ -390,10 +394,13 @@ def test_startup_configures_kopf_and_serves_metrics(tmp_path, monkeypatch):
                 lambda: urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode())
             for name in ("fillprob_rollout_info", "fillprob_rollout_rollbacks_total",
                          "fillprob_rollout_gate_evaluations_total", "fillprob_rollout_detection_seconds",
-                         "fillprob_rollout_prometheus_queries_total", "fillprob_rollout_prometheus_query_seconds"):
+                         "fillprob_rollout_prometheus_queries_total", "fillprob_rollout_prometheus_query_seconds",
+                         "fillprob_rollout_prometheus_samples_total", "fillprob_rollout_event_loop_lag_seconds"):
                 assert f"# HELP {name}" in text
+            assert not memo.loop_lag.done()  # the loop's lag is measured from startup on
         finally:
             await handlers.cleanup(memo=memo)
+        assert memo.loop_lag.done()
 
     asyncio.run(scenario())
     assert settings.persistence.finalizer == "grinder.io/finalizer"

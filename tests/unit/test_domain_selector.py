@@ -8,8 +8,11 @@ from fillprob_operator.domain.selector import (
     MatchOp,
     Matcher,
     SelectorError,
+    compile_regex,
     default_selector,
+    deployment_of,
     parse_selector,
+    quote_meta,
 )
 
 
@@ -114,3 +117,33 @@ def test_default_selector_is_this_deployments_pods_in_this_namespace() -> None:
     assert not selector.matches({"namespace": "other", "pod": "grinder-5d8f7c9b6d-x2x7q"})
     assert not selector.matches({"namespace": "trading", "pod": "grinder-preflight-1-abcde-x"})
     assert not selector.matches({"namespace": "trading", "pod": "grinderx-5d8f7c9b6d-x2x7q"})
+
+
+@pytest.mark.parametrize("text", ["grinder", "a.b", "x+y*z?", "(a|b)", "[c]{2}", "^$", "back\\slash", "é-ü", ""])
+def test_quote_meta_matches_exactly_the_text(text: str) -> None:
+    regex = compile_regex(quote_meta(text))
+    assert regex.search(text) is not None
+    assert regex.search(text + "x") is None and regex.search("x" + text) is None
+
+
+@pytest.mark.parametrize(
+    "value, deployment",
+    [
+        ("grinder-[a-z0-9]+-[a-z0-9]+", "grinder"),
+        ("grinder\\.x-[a-z0-9]+-[a-z0-9]+", "grinder.x"),
+        ("grinder-x-[a-z0-9]+-[a-z0-9]+", "grinder-x"),
+        ("grinder.x-[a-z0-9]+-[a-z0-9]+", None),  # `.` is any character: not one Deployment
+        ("grinder\\d-[a-z0-9]+-[a-z0-9]+", None),
+        ("(a|b)-[a-z0-9]+-[a-z0-9]+", None),
+        ("grinder-.*", None),
+        ("grinder\\", None),
+    ],
+)
+def test_deployment_of_reads_the_default_selector_s_shape(value: str, deployment: str | None) -> None:
+    assert deployment_of(value) == deployment
+
+
+def test_the_default_selector_is_read_back_as_its_deployment() -> None:
+    pod = default_selector("ns", "grinder.x").matchers[1]
+    assert deployment_of(pod.value) == "grinder.x"
+    assert pod.matches({"pod": "grinder.x-5d9c7b-abcde"}) and not pod.matches({"pod": "grinderxx-5d9c7b-abcde"})

@@ -32,7 +32,7 @@ class Prometheus:
         out = []
         for pod, age in self.ages.items():
             labels = {"namespace": "ns", "pod": pod}
-            value = T0.timestamp() - age if query == "timestamp(up)" else 1.0
+            value = T0.timestamp() - age if query.startswith("timestamp(up{") else 1.0
             if "blocks" in query or "orders" in query:
                 labels["symbol"] = "SYM1"
             out.append({"metric": labels, "value": [T0.timestamp(), str(value)]})
@@ -41,7 +41,8 @@ class Prometheus:
 
 def observe(ages: dict[str, float], lookback: str = "10s", interval: float = 2):
     gateway = PrometheusGateway(connect=lambda url: Prometheus(ages), lookback=lookback, clock=Clock())
-    return asyncio.run(gateway.observe("http://p:9090", interval, T0, default_selector("ns", "grinder").matches))
+    return asyncio.run(
+        gateway.observe("http://p:9090", interval, T0, default_selector("ns", "grinder"), rollout=("ns", "r")))
 
 
 @pytest.mark.parametrize("text, seconds", [("250ms", 0.25), ("10s", 10), ("1m", 60), ("2h", 7200), ("1d", 86400)])

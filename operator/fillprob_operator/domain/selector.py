@@ -157,11 +157,44 @@ def parse_selector(text: str) -> Selector:
             raise SelectorError(f"selector {text!r}: trailing comma")
 
 
+# What follows the Deployment's name in its pods' names: `<deployment>-<hash>-<suffix>`.
+POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
+# RE2's metacharacters (Go's regexp.QuoteMeta escapes the same set).
+_META = frozenset("\\.+*?()|[]{}^$")
+
+
+def quote_meta(text: str) -> str:
+    """`text` as an RE2 regex that matches exactly it (Go's `regexp.QuoteMeta`)."""
+    return "".join("\\" + c if c in _META else c for c in text)
+
+
+def deployment_of(pod_regex: str) -> str | None:
+    """The Deployment a `pod=~` value names when it has the default selector's shape (a plain
+    name, metacharacters escaped, then POD_SUFFIX), else None. Its pods are exactly the names
+    `<that>-<a>-<b>` with `a`, `b` of `[a-z0-9]+`: `pod.rsplit("-", 2)[0]` gives it back."""
+    if not pod_regex.endswith(POD_SUFFIX):
+        return None
+    name, escaped = [], False
+    for char in pod_regex[: -len(POD_SUFFIX)]:
+        if escaped:
+            if char.isalnum():
+                return None  # \d, \w, \pN ...: a class, not a letter
+            name.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in _META:
+            return None
+        else:
+            name.append(char)
+    return None if escaped else "".join(name)
+
+
 def default_selector(namespace: str, deployment_name: str) -> Selector:
     """This Deployment's pods in this namespace (pod names are `<deployment>-<hash>-<suffix>`)."""
     return Selector(
         (
             Matcher("namespace", MatchOp.EQUAL, namespace),
-            Matcher("pod", MatchOp.REGEX, deployment_name.replace(".", "\\.") + "-[a-z0-9]+-[a-z0-9]+"),
+            Matcher("pod", MatchOp.REGEX, quote_meta(deployment_name) + POD_SUFFIX),
         )
     )
