@@ -46,6 +46,8 @@ GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
 # Stored alerts one tick hands to decide(): a flood is taken in bounded bites, oldest first
 # (the domain records each in history and status.requestKeys, both bounded to 100).
 ALERTS_PER_TICK = 50
+# Parsed specs kept (`Reconciler.parse_spec`): one per rollout, and room for the changes.
+SPECS_REMEMBERED = 4096
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -264,6 +266,23 @@ class Reconciler:
         # Per rollout: when the gates last looked at its Prometheus data and found no no-go
         # (for fillprob_rollout_detection_seconds; lost on restart, which only loosens it).
         self._clean_look_at: dict[tuple[str, str], datetime] = {}
+        # repr(raw spec) -> the parsed spec (frozen): a spec is parsed once, not at every tick.
+        self._specs: dict[str, Any] = {}
+
+    def parse_spec(self, raw_spec: Mapping[str, Any]) -> Any:
+        """`domain.parse_spec`, remembered by the raw spec's repr (exact for JSON values: a
+        tuple and a list, 1 and 1.0 and True, differ): the parsed spec is immutable, and
+        parsing depends on nothing else. Only a spec that parses is remembered."""
+        if type(raw_spec) is not dict:  # a repr that may not show the content: not remembered
+            return self.domain.parse_spec(raw_spec)
+        key = repr(raw_spec)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self.domain.parse_spec(raw_spec)
+            if len(self._specs) >= SPECS_REMEMBERED:
+                del self._specs[next(iter(self._specs))]
+            self._specs[key] = spec
+        return spec
 
     async def tick(self, namespace: str, name: str, *, cached: bool = False, seen: int = 0) -> TickOutcome:
         """`cached`: the rollout may come from the watch-backed cache, if that is at least as new
@@ -282,13 +301,13 @@ class Reconciler:
 
         spec_error = ""
         try:
-            spec = self.domain.parse_spec(raw_spec)
+            spec = self.parse_spec(raw_spec)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             # API.md: keep guarding the current rung with the last spec applied (status).
             spec_error = validation_message(exc)
             applied = raw_status.get("appliedSpec")
             try:
-                spec = self.domain.parse_spec(applied) if applied else None
+                spec = self.parse_spec(applied) if applied else None
             except ValueError:
                 spec = None
             if spec is None:

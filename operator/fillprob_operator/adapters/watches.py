@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol
 
 logger = logging.getLogger("fillprob_operator.watches")
 
@@ -118,9 +119,32 @@ def labels_match(match_labels: Mapping[str, str], obj: Mapping[str, Any]) -> boo
 # -- the store -----------------------------------------------------------------------------
 
 
+class _Entry(NamedTuple):
+    """One object in a store: what `select` filters on, and the projection itself, frozen as
+    pickled bytes of its JSON form. Each reader gets a fresh copy (`thaw`), so no tick can
+    change what the next one reads; freezing once per watch event instead of copying at each
+    read makes a tick's reads several times cheaper (issue 10, point 5)."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    resource_version: int | None
+    frozen: bytes
+
+    def thaw(self) -> dict[str, Any]:
+        return pickle.loads(self.frozen)
+
+
+def _entry(projection: Mapping[str, Any]) -> _Entry:
+    # The JSON form: what a reader got when reads copied through JSON (tuples are lists).
+    plain = json.loads(json.dumps(projection))
+    meta = plain.get("metadata") or {}
+    return _Entry(meta.get("namespace"), dict(meta.get("labels") or {}), rv_int(plain),
+                  pickle.dumps(plain, pickle.HIGHEST_PROTOCOL))
+
+
 @dataclass
 class _Store:
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # (ns/name) -> projection
+    objects: dict[str, _Entry] = field(default_factory=dict)  # (ns/name) -> its projection
     high_water: int | None = None
     synced: bool = False
 
@@ -179,16 +203,17 @@ class WatchCache:
         scope = self._scope(namespace)
         with self._lock:
             found = self._stores[scope].objects.get(f"{namespace}/{name}") if scope is not None else None
-            return json.loads(json.dumps(found)) if found is not None else None
+        return found.thaw() if found is not None else None
 
     def select(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
         scope = self._scope(namespace)
         if scope is None:
             return []
+        wanted = tuple(match_labels.items())
         with self._lock:
-            found = [o for o in self._stores[scope].objects.values()
-                     if (o.get("metadata") or {}).get("namespace") == namespace and labels_match(match_labels, o)]
-            return json.loads(json.dumps(found))
+            found = [e for e in self._stores[scope].objects.values()
+                     if e.namespace == namespace and all(e.labels.get(k) == v for k, v in wanted)]
+        return [e.thaw() for e in found]
 
     def state(self, namespace: str) -> tuple[bool, int | None]:
         """(synced, high-water mark), for logs and tests."""
@@ -206,7 +231,7 @@ class WatchCache:
         objects = {}
         for item in items:
             meta = item.get("metadata") or {}
-            objects[f"{meta.get('namespace', '')}/{meta.get('name')}"] = self.project(item)
+            objects[f"{meta.get('namespace', '')}/{meta.get('name')}"] = _entry(self.project(item))
         with self._lock:
             store = self._stores[scope]
             store.objects = objects
@@ -222,8 +247,8 @@ class WatchCache:
             store = self._stores[scope]
             if kind in ("ADDED", "MODIFIED"):
                 old = store.objects.get(key)
-                if old is None or rv is None or (rv_int(old) or 0) <= rv:
-                    store.objects[key] = self.project(obj)
+                if old is None or rv is None or (old.resource_version or 0) <= rv:
+                    store.objects[key] = _entry(self.project(obj))
             elif kind == "DELETED":
                 store.objects.pop(key, None)
             elif kind != "BOOKMARK":
