@@ -176,7 +176,7 @@ def free_port() -> int:
 
 
 class Operator:
-    def __init__(self, namespaces: list[str], log_path: Path) -> None:
+    def __init__(self, namespaces: list[str], log_path: Path, pods: int) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.update({
@@ -185,6 +185,8 @@ class Operator:
             "FILLPROB_PROMETHEUS_URL": os.environ["PROMETHEUS_URL"],
             "FILLPROB_PROMETHEUS_LOOKBACK": LOOKBACK,
             "FILLPROB_WEBHOOK_ADDR": "off",
+            # One followed log per pod (a thread each); past the bound a pod is missing data.
+            "FILLPROB_LOG_STREAMS": str(max(200, pods + 20)),
             "PYTHONUNBUFFERED": "1",
         })
         self.log = open(log_path, "ab")  # noqa: SIM115 - the child's for its lifetime
@@ -344,19 +346,23 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         for ns, name in names:
             world.grinder(ns, name, orders_per_sec=1)
         wait_for(f"{n} grinders available", lambda: world.available(namespaces, n), 600, every=3)
-        op = Operator(every, logs / f"operator-{n}.log")
+        op = Operator(every, logs / f"operator-{n}.log", pods=n + args.probes)
         wait_for("the operator's /metrics", lambda: _safe(op.metrics), 60)
         t0 = time.monotonic()
         for ns, name in names:
             world.rollout(ns, name, "Shadow", args.interval)
         wait_for(f"{n} rollouts Shadow Observing", lambda: world.observing(namespaces, "Shadow", n), 900, every=3)
-        log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling 3 intervals")
-        time.sleep(3 * seconds(args.interval))
+        # Steady state: the last status writes are done, and every watch has had a bookmark since
+        # (the API server sends one a minute): only then can a quiet cache vouch for itself.
+        log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling {args.settle:.0f}s")
+        time.sleep(args.settle)
 
         m0, c0, w0 = op.metrics(), op.cpu_seconds(), time.monotonic()
         time.sleep(args.window)
         m1, c1, w1 = op.metrics(), op.cpu_seconds(), time.monotonic()
         rss = op.rss_mib()
+        # Steady means steady: every rollout still Observing with its metrics at the end.
+        still = world.observing(namespaces, "Shadow", 0) or 0
         elapsed = w1 - w0
         intervals = elapsed / seconds(args.interval)
         requests = total(m1, "fillprob_operator_kubernetes_requests_total") - total(m0, "fillprob_operator_kubernetes_requests_total")
@@ -373,11 +379,12 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             "requests_per_rollout_interval": requests / n / intervals,
             "requests_by_kind": {key: round(v, 1) for key, v in sorted(by_verb.items()) if v},
             "queries_per_interval": queries / intervals, "samples_per_interval": samples / intervals,
-            "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000,
+            "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000, "observing_after_window": still,
         }
         log(f"N={n}: steady state {json.dumps(row)}")
         row.update(detect(world, op, probe_ns, args, rng))
         row["rss_after_probes_mib"] = op.rss_mib()
+        row["threads"] = len(list(Path(f"/proc/{op.proc.pid}/task").iterdir()))
         return row
     finally:
         if op is not None:
@@ -462,6 +469,9 @@ def table(rows: list[dict], interval: str) -> str:
             f"of a core, RSS {1024 * (b['rss_mib'] - a['rss_mib']) / dn:.0f} KiB, "
             f"Prometheus samples {(b['samples_per_interval'] - a['samples_per_interval']) / dn:.1f} per interval.")
     lines.append(f"(interval {interval}; requests by kind at the largest N: {json.dumps(rows[-1]['requests_by_kind'])})")
+    unsteady = {r["n"]: r["observing_after_window"] for r in rows if r["observing_after_window"] != r["n"]}
+    if unsteady:
+        lines.append(f"Rollouts still Observing after the window, where fewer than N: {unsteady}")
     missed = {r["n"]: r["missed"] for r in rows if r["missed"]}
     if missed:
         lines.append(f"Probes not rolled back within 90 s: {missed}")
@@ -473,6 +483,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100,300")
     parser.add_argument("--interval", default="2s")
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=75.0)
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default=str(REPO / ".testbed" / "bench"))
