@@ -84,7 +84,7 @@ def test_steady_state_ticks_make_no_workload_requests(world):
             feed.deliver()  # a status write, if any, reaches the caches as a bookmark
         assert reads(cluster) == before, "a steady-state tick read the workload directly"
         assert status(cluster)["state"] == "Observing"
-        # The rollout itself is still read once a tick (kept: see STAGE_B_NOTES.md).
+        # When the rollout itself is read directly: docs/performance.md, "Watch-backed caches".
         assert cluster.calls["patch_status"] - writes <= 5
 
     asyncio.run(scenario())

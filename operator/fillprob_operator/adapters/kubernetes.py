@@ -788,7 +788,7 @@ class KubernetesAdapter:
         """The object from its cache when that cannot be older than what the tick holds (`floor`,
         the FillProbRollout's resourceVersion) nor than our own last write to it; else `read()`.
 
-        Proof sketch (STAGE_B_NOTES.md): a fresh cache has seen every write up to its
+        Proof sketch (docs/performance.md, "Watch-backed caches"): a fresh cache has seen every write up to its
         high-water mark H >= floor. If it also has seen our write (H >= W), it alone is the
         object as of H. Else, when it holds the object, the newer of (cached, written) is the
         object as of max(H, W): a write after W and before H would be in the cache."""
