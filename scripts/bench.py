@@ -345,13 +345,15 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         log(f"N={n}: {n} grinders in {k} namespaces")
         for ns, name in names:
             world.grinder(ns, name, orders_per_sec=1)
-        wait_for(f"{n} grinders available", lambda: world.available(namespaces, n), 600, every=3)
+        # Pods start one after the other on one node: the waits grow with N.
+        wait_for(f"{n} grinders available", lambda: world.available(namespaces, n), 300 + 4 * n, every=3)
         op = Operator(every, logs / f"operator-{n}.log", pods=n + args.probes)
         wait_for("the operator's /metrics", lambda: _safe(op.metrics), 60)
         t0 = time.monotonic()
         for ns, name in names:
             world.rollout(ns, name, "Shadow", args.interval)
-        wait_for(f"{n} rollouts Shadow Observing", lambda: world.observing(namespaces, "Shadow", n), 900, every=3)
+        wait_for(f"{n} rollouts Shadow Observing", lambda: world.observing(namespaces, "Shadow", n), 300 + 6 * n,
+                 every=3)
         # Steady state: the last status writes are done, and every watch has had a bookmark since
         # (the API server sends one a minute): only then can a quiet cache vouch for itself.
         log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling {args.settle:.0f}s")
@@ -502,7 +504,10 @@ def main() -> None:
     logs = Path(args.out)
     logs.mkdir(parents=True, exist_ok=True)
     world = World(uuid.uuid4().hex[:4])
-    log(f"bench run {world.run}: sizes {sizes}, interval {args.interval}, window {args.window:.0f}s, "
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    log(f"bench run {world.run} at {commit or 'an unknown commit'}: sizes {sizes}, interval {args.interval}, "
+        f"window {args.window:.0f}s, "
         f"{args.probes} probes, seed {seed}; operator logs in {logs}")
     rows = []
     for n in sizes:
