@@ -55,6 +55,12 @@ chaos: venv ## kill -9 the operator 36 times across a ceremony, restart the API 
 	CHAOS_PROMETHEUS_RESTARTS=$(CHAOS_PROMETHEUS_RESTARTS) CHAOS_SEED=$(CHAOS_SEED) \
 	  $(PY) -m pytest tests/e2e/test_chaos.py -m chaos -q -s
 
+# Performance (issue 10): N real rollouts on the testbed, steady state and detection, one table
+# (docs/performance.md). Needs the testbed up and nothing else on it; about 30 min for the defaults.
+BENCH_SIZES ?= 1,10,100,300
+bench: venv ## N=1,10,100,300 real rollouts on the testbed: CPU, RSS, requests, queries, loop lag, detection (figures, no verdict)
+	set -a; . ./.testbed/env; set +a; $(PY) scripts/bench.py --sizes $(BENCH_SIZES) $(BENCH_ARGS)
+
 testbed-build: ## build the testbed's binaries into .testbed/cache (first time: minutes)
 	./testbed/build.sh
 

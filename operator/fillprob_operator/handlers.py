@@ -46,6 +46,7 @@ from .adapters.kubernetes import (
     is_alert_annotation,
 )
 from .adapters.prometheus import PrometheusGateway, connect_prometheus
+from .adapters.watches import rv_int
 from .metrics import OperatorMetrics
 from .reconciler import (
     DEFAULT_INTERVAL_SECONDS,
@@ -123,6 +124,7 @@ def build_runtime(
     memo.kube = kube or build_adapter(
         timeout=config.kubernetes_timeout_seconds, executor=memo.io, clock=clock,
         pool_size=config.io_threads, metrics=memo.metrics, log_streams=config.log_streams,
+        watch_namespaces=config.namespaces if config.watch_caches else None,
     )
     memo.gateway = PrometheusGateway(
         connect=connect or connect_prometheus(config.prometheus_timeout_seconds),
@@ -170,6 +172,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     gc.collect()
     gc.freeze()
     memo.loop_lag = loop_lag.start(memo.metrics.event_loop_lag.observe)
+    memo.kube.start_watches()
     served = None
     if config.metrics_host_port is not None:
         served = memo.metrics.serve(*config.metrics_host_port)
@@ -329,6 +332,7 @@ async def rollout_event(
     waits (suspended) is no hot loop: a removal that failed is retried at the next interval.
     """
     seen = memo.setdefault("alert_annotations", {})
+    memo.wakeups.saw(namespace, name, rv_int(body) if body else None)
     if type == "DELETED":
         seen.pop(uid, None)
         if uid in memo.get("running", ()):
@@ -357,6 +361,9 @@ async def rollout(
     memo.running.add(uid)
     interval = DEFAULT_INTERVAL_SECONDS
     gone = False
+    # The first tick here reads the rollout directly: another process (a replica that was active,
+    # this one before a restart) may have written it last; later ticks may take it from the cache.
+    cached = False
     try:
         while not stopped:
             if uid in memo.deleted:
@@ -364,8 +371,11 @@ async def rollout(
                 break
             wake.clear()
             try:
-                outcome = await memo.reconciler.tick(namespace, name)
+                outcome = await memo.reconciler.tick(
+                    namespace, name, cached=cached, seen=memo.wakeups.floor(namespace, name)
+                )
                 interval, gone = outcome.interval, outcome.gone
+                cached = True
             except KubernetesError as exc:
                 logger.warning(kv("tick_failed", namespace=namespace, name=name, error=str(exc)))
             except Exception as exc:

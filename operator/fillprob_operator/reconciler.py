@@ -2,7 +2,9 @@
 
 This is the services layer between the kopf handlers and the adapters. Each tick re-reads
 the truth (the FillProbRollout, its Deployment, the preflight Job, Prometheus; the new pods'
-logs are followed streams, adapters/logs.py), hands it to the pure `decide()`, and lets the executor apply the result. Nothing it needs lives only in
+logs are followed streams, adapters/logs.py; the Kubernetes objects come from watch-backed
+caches when those can vouch for them, adapters/watches.py), hands it to the pure `decide()`,
+and lets the executor apply the result. Nothing it needs lives only in
 memory: a restarted operator resumes from `status`, and alerts the receiver accepted wait on
 the rollout itself (`alert.grinder.io/` annotations) until a tick has taken them.
 """
@@ -26,6 +28,7 @@ from .adapters.kubernetes import (
     decode_rollback_request,
     is_alert_annotation,
 )
+from .adapters.watches import rv_int
 from .api import RolloutStatus, status_from_dict
 from .domain.actions import EmitEvent
 from .domain.durations import parse_duration
@@ -43,6 +46,8 @@ GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
 # Stored alerts one tick hands to decide(): a flood is taken in bounded bites, oldest first
 # (the domain records each in history and status.requestKeys, both bounded to 100).
 ALERTS_PER_TICK = 50
+# Parsed specs kept (`Reconciler.parse_spec`): one per rollout, and room for the changes.
+SPECS_REMEMBERED = 4096
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -174,10 +179,23 @@ def taken_request_keys(status: Mapping[str, Any]) -> set[str]:
 
 
 class Wakeups:
-    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon."""
+    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon.
+
+    Also the newest resourceVersion kopf's own watch showed of each rollout (`saw`): a tick that
+    takes the rollout from the watch-backed cache never takes one older than that (a manual
+    rollback or an alert stored by another replica is never missed by a lagging cache)."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def saw(self, namespace: str, name: str, resource_version: int | None) -> None:
+        if resource_version is not None:
+            key = (namespace, name)
+            self._seen[key] = max(self._seen.get(key, 0), resource_version)
+
+    def floor(self, namespace: str, name: str) -> int:
+        return self._seen.get((namespace, name), 0)
 
     def event(self, namespace: str, name: str) -> asyncio.Event:
         return self._events.setdefault((namespace, name), asyncio.Event())
@@ -187,6 +205,7 @@ class Wakeups:
 
     def drop(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
+        self._seen.pop((namespace, name), None)
 
 
 @dataclass(frozen=True)
@@ -247,9 +266,29 @@ class Reconciler:
         # Per rollout: when the gates last looked at its Prometheus data and found no no-go
         # (for fillprob_rollout_detection_seconds; lost on restart, which only loosens it).
         self._clean_look_at: dict[tuple[str, str], datetime] = {}
+        # repr(raw spec) -> the parsed spec (frozen): a spec is parsed once, not at every tick.
+        self._specs: dict[str, Any] = {}
 
-    async def tick(self, namespace: str, name: str) -> TickOutcome:
-        body = await self.kube.read_rollout(namespace, name)
+    def parse_spec(self, raw_spec: Mapping[str, Any]) -> Any:
+        """`domain.parse_spec`, remembered by the raw spec's repr (exact for JSON values: a
+        tuple and a list, 1 and 1.0 and True, differ): the parsed spec is immutable, and
+        parsing depends on nothing else. Only a spec that parses is remembered."""
+        if type(raw_spec) is not dict:  # a repr that may not show the content: not remembered
+            return self.domain.parse_spec(raw_spec)
+        key = repr(raw_spec)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self.domain.parse_spec(raw_spec)
+            if len(self._specs) >= SPECS_REMEMBERED:
+                del self._specs[next(iter(self._specs))]
+            self._specs[key] = spec
+        return spec
+
+    async def tick(self, namespace: str, name: str, *, cached: bool = False, seen: int = 0) -> TickOutcome:
+        """`cached`: the rollout may come from the watch-backed cache, if that is at least as new
+        as `seen` (kopf's view) and as every version of it this process read or wrote; the
+        daemon's first tick reads it directly (another process may have written it last)."""
+        body = await self.kube.read_rollout(namespace, name, cached=cached, floor=seen)
         if body is None:
             self._clean_look_at.pop((namespace, name), None)
             return TickOutcome(interval=DEFAULT_INTERVAL_SECONDS, gone=True)
@@ -262,13 +301,13 @@ class Reconciler:
 
         spec_error = ""
         try:
-            spec = self.domain.parse_spec(raw_spec)
+            spec = self.parse_spec(raw_spec)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             # API.md: keep guarding the current rung with the last spec applied (status).
             spec_error = validation_message(exc)
             applied = raw_status.get("appliedSpec")
             try:
-                spec = self.domain.parse_spec(applied) if applied else None
+                spec = self.parse_spec(applied) if applied else None
             except ValueError:
                 spec = None
             if spec is None:
@@ -297,10 +336,15 @@ class Reconciler:
         async def no_preflight() -> None:
             return None
 
+        # Watch-backed caches answer only when they have seen at least as far as this body
+        # (adapters/watches.py): what the status says happened is never newer than what we see.
+        floor = rv_int(body)
         deployment, metrics, preflight = await asyncio.gather(
-            self.kube.observe_deployment(namespace, deployment_name, raw_spec.get("containerName"), rollout=name),
+            self.kube.observe_deployment(
+                namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
+            ),
             self.gateway.observe(url, interval, now, selector, rollout=(namespace, name)),
-            self.kube.observe_preflight(namespace, job_name) if job_name else no_preflight(),
+            self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else no_preflight(),
         )
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)

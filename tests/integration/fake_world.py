@@ -93,6 +93,9 @@ class FakeCluster:
         self.annotation_bytes = 256 * 1024
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
+        # Every write as a watch event (rv, kind, type, object), one counter for all kinds as
+        # etcd's: `WatchFeed` delivers them to watch-backed caches when a test says so.
+        self.watch_log: list[tuple[int, str, str, dict]] = []
         self.core = _Api(self, "core")
         self.apps = _Api(self, "apps")
         self.batch = _Api(self, "batch")
@@ -100,20 +103,37 @@ class FakeCluster:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def adapter(self, clock: Any) -> KubernetesAdapter:
+    def adapter(self, clock: Any, caches: Any = None) -> KubernetesAdapter:
         return KubernetesAdapter(
             core=self.core, apps=self.apps, batch=self.batch, custom=self.custom,
             to_dict=copy.deepcopy, executor=None, timeout=5.0, clock=clock, instance="test",
-            logs=FakeLogs(self),
+            logs=FakeLogs(self), caches=caches,
         )
 
     def put(self, kind: str, obj: dict) -> dict:
         meta = obj.setdefault("metadata", {})
         meta.setdefault("uid", f"uid-{next(self._uid)}")
         meta.setdefault("generation", 1)
+        key = (kind, meta.get("namespace", ""), meta["name"])
         meta["resourceVersion"] = str(next(self._rv))
-        self.objects[(kind, meta.get("namespace", ""), meta["name"])] = obj
+        self.watch_log.append((int(meta["resourceVersion"]), kind, "MODIFIED" if key in self.objects else "ADDED",
+                               copy.deepcopy(obj)))
+        self.objects[key] = obj
         return obj
+
+    def touch(self, kind: str, namespace: str, name: str) -> None:
+        """A write made in place (a controller's status update): a new resourceVersion, an event."""
+        obj = self.objects[(kind, namespace, name)]
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.watch_log.append((int(obj["metadata"]["resourceVersion"]), kind, "MODIFIED", copy.deepcopy(obj)))
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        obj = self.objects.pop((kind, namespace, name))
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.watch_log.append((int(obj["metadata"]["resourceVersion"]), kind, "DELETED", copy.deepcopy(obj)))
+
+    def current_rv(self) -> str:
+        return str(max([rv for rv, *_ in self.watch_log] or [0]))
 
     def get(self, kind: str, namespace: str, name: str) -> dict:
         try:
@@ -144,7 +164,7 @@ class FakeCluster:
         for old in owned:  # old pods go away
             for key in [k for k, o in self.objects.items() if k[0] == "Pod" and
                         any(r["uid"] == old["metadata"]["uid"] for r in o["metadata"].get("ownerReferences", []))]:
-                del self.objects[key]
+                self.delete(*key)
         revision = 1 + max((int(o["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) for o in owned), default=0)
         labels = {**template["metadata"]["labels"], "pod-template-hash": pod_hash}
         rs = self.put("ReplicaSet", {
@@ -168,11 +188,13 @@ class FakeCluster:
         replicas = dep["spec"].get("replicas", 1)
         dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": replicas,
                          "updatedReplicas": replicas, "availableReplicas": replicas if ready else 0}
+        self.touch("Deployment", namespace, name)
         return pods
 
     def finish_job(self, namespace: str, name: str, *, exit_code: int, output: str) -> None:
         job = self.get("Job", namespace, name)
         job["status"] = {"conditions": [{"type": "Complete" if exit_code == 0 else "Failed", "status": "True"}]}
+        self.touch("Job", namespace, name)
         pod_name = f"{name}-x1"
         self.put("Pod", {
             "kind": "Pod",
@@ -182,6 +204,55 @@ class FakeCluster:
             "status": {"containerStatuses": [{"name": "preflight", "state": {"terminated": {"exitCode": exit_code}}}]},
         })
         self.logs[(namespace, pod_name)] = output
+
+
+class WatchFeed:
+    """The caches' side of `FakeCluster.watch_log`, synchronous: `sync` lists (the cache is then
+    synced at the current resourceVersion), `deliver` hands over the events written since
+    (`upto` of them, to play a watch that lags), `drop` is a watch that broke."""
+
+    KINDS = {"deployments": "Deployment", "replica_sets": "ReplicaSet", "pods": "Pod", "jobs": "Job",
+             "rollouts": "FillProbRollout"}
+
+    def __init__(self, cluster: "FakeCluster", namespace: str = "trading") -> None:
+        from fillprob_operator.adapters.kubernetes import Caches
+        from fillprob_operator.adapters.watches import (
+            WatchCache, project_deployment, project_job, project_pod, project_replica_set,
+        )
+
+        self.cluster, self.namespace = cluster, namespace
+        projections = {"deployments": project_deployment, "replica_sets": project_replica_set,
+                       "pods": project_pod, "jobs": project_job, "rollouts": dict}
+        self.caches = Caches(**{
+            attr: WatchCache(kind, source=None, namespaces=(namespace,), project=projections[attr])
+            for attr, kind in self.KINDS.items()
+        })
+        self.seen = {attr: 0 for attr in self.KINDS}
+
+    def sync(self) -> None:
+        rv = self.cluster.current_rv()
+        for attr, kind in self.KINDS.items():
+            getattr(self.caches, attr).apply_list(
+                self.namespace, self.cluster.items(kind, self.namespace), rv)
+            self.seen[attr] = len(self.cluster.watch_log)
+
+    def deliver(self, upto: int | None = None) -> None:
+        for attr, kind in self.KINDS.items():
+            cache = getattr(self.caches, attr)
+            pending = self.cluster.watch_log[self.seen[attr]:]
+            if upto is not None:
+                pending = pending[:upto]
+            for rv, event_kind, type_, obj in pending:
+                if event_kind == kind and obj["metadata"].get("namespace") == self.namespace:
+                    cache.apply_event(self.namespace, {"type": type_, "object": copy.deepcopy(obj)})
+                else:  # another kind's write: what a bookmark tells the watch
+                    cache.apply_event(self.namespace, {"type": "BOOKMARK",
+                                                       "object": {"metadata": {"resourceVersion": str(rv)}}})
+            self.seen[attr] += len(pending)
+
+    def drop(self) -> None:
+        for cache in self.caches.all():
+            cache.mark_down(self.namespace)
 
 
 class FakeLogs:
@@ -238,7 +309,7 @@ class _Api:
         assert kw.get("_content_type") == "application/merge-patch+json"
         obj = self.c.get("FillProbRollout", namespace, name)
         obj["status"] = apply_merge_patch(obj.get("status") or {}, body["status"])
-        obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+        self.c.touch("FillProbRollout", namespace, name)
         return copy.deepcopy(obj)
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):
@@ -250,7 +321,7 @@ class _Api:
             if sum(len(k) + len(v) for k, v in annotations.items()) > self.c.annotation_bytes:
                 raise ApiException(status=422, reason="metadata.annotations: Too long")
             obj["metadata"]["annotations"] = annotations
-            obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+            self.c.touch("FillProbRollout", namespace, name)
             return copy.deepcopy(obj)
         self.c.record("patch_rollout")
         assert kw.get("_content_type") == "application/json-patch+json"
@@ -265,7 +336,7 @@ class _Api:
                     raise ApiException(status=422, reason="path not found")
                 del annotations[key]
         obj["metadata"]["annotations"] = annotations
-        obj["metadata"]["resourceVersion"] = str(next(self.c._rv))
+        self.c.touch("FillProbRollout", namespace, name)
         return copy.deepcopy(obj)
 
     # AppsV1Api
@@ -280,8 +351,8 @@ class _Api:
         patched = apply_strategic_merge(dep, body)
         if patched["spec"] != dep["spec"]:
             patched["metadata"]["generation"] = dep["metadata"]["generation"] + 1
-        patched["metadata"]["resourceVersion"] = str(next(self.c._rv))
         self.c.objects[("Deployment", namespace, name)] = patched
+        self.c.touch("Deployment", namespace, name)
         self.c.last_deployment_patch = body
         return copy.deepcopy(patched)
 
@@ -319,8 +390,7 @@ class _Api:
         self.c.record("create_job")
         if ("Job", namespace, body["metadata"]["name"]) in self.c.objects:
             raise ApiException(status=409, reason="AlreadyExists")
-        self.c.put("Job", {**copy.deepcopy(body), "kind": "Job", "status": {}})
-        return body
+        return copy.deepcopy(self.c.put("Job", {**copy.deepcopy(body), "kind": "Job", "status": {}}))
 
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)

@@ -253,3 +253,38 @@ def test_status_round_trips_through_json_and_ignores_foreign_keys() -> None:
 def test_status_that_does_not_parse_raises() -> None:
     with pytest.raises(ValueError, match="status does not parse"):
         status_from_dict({"state": "Sideways"})
+
+
+def test_clone_model_is_a_deep_copy_that_shares_nothing_mutable():
+    """`clone_model` (the working copy decide() makes of status) gives what
+    `model_copy(deep=True)` gives: equal, the same fields set, no mutable part shared."""
+    import copy as copylib
+    from datetime import datetime, timezone
+
+    from fillprob_operator.api import clone_model, status_from_dict
+
+    status = status_from_dict({
+        "phase": "Shadow", "step": "Shadow", "state": "Observing", "observedGeneration": 2,
+        "enforcedSymbols": ["SYM1"], "appliedSpec": {"deploymentName": "g", "canarySymbols": ["SYM1"]},
+        "history": [{"at": "2024-05-01T12:00:00Z", "phase": "Shadow", "step": "Shadow", "action": "Restart",
+                     "reason": "StepStarted", "evidence": {"pods": [{"name": "p", "ready": True}], "n": 1.5}}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Observing",
+                        "lastTransitionTime": "2024-05-01T12:00:00Z"}],
+        "restart": {"seq": 1, "token": "2-1", "issuedAt": "2024-05-01T12:00:00Z", "setEnv": {"A": "1"}},
+    })
+    status.last_known_good_symbols = status.enforced_symbols  # aliasing, as deepcopy keeps it
+    clone = clone_model(status)
+    assert clone == status == copylib.deepcopy(status)
+    assert clone.model_fields_set == status.model_fields_set
+    assert clone.last_known_good_symbols is clone.enforced_symbols
+    clone.history[0].evidence["pods"][0]["ready"] = False
+    clone.restart.set_env["B"] = "2"
+    clone.applied_spec["canarySymbols"].append("SYM2")
+    clone.conditions[0].status = "False"
+    clone.enforced_symbols.append("SYM9")
+    assert status.history[0].evidence["pods"][0]["ready"] is True
+    assert status.restart.set_env == {"A": "1"}
+    assert status.applied_spec["canarySymbols"] == ["SYM1"]
+    assert status.conditions[0].status == "True"
+    assert status.enforced_symbols == status.last_known_good_symbols == ["SYM1"]
+    assert clone.history[0].at == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)

@@ -25,11 +25,11 @@ RELEASE, NAMESPACE = "fpo", "fillprob-system"
 NAMESPACED_RULES = {
     *(("grinder.io", "fillprobrollouts", v) for v in ("get", "list", "watch", "patch")),
     ("grinder.io", "fillprobrollouts/status", "patch"),
-    *(("apps", "deployments", v) for v in ("get", "patch")),
-    ("apps", "replicasets", "list"),
-    ("", "pods", "list"),
+    *(("apps", "deployments", v) for v in ("get", "list", "watch", "patch")),
+    *(("apps", "replicasets", v) for v in ("list", "watch")),
+    *(("", "pods", v) for v in ("list", "watch")),
     ("", "pods/log", "get"),
-    *(("batch", "jobs", v) for v in ("get", "create")),
+    *(("batch", "jobs", v) for v in ("get", "list", "watch", "create")),
     ("", "events", "create"),
 }
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}

@@ -341,9 +341,12 @@ class Sim:
             check_all(before, after, obs)
         # the model's memory of the past
         state = decision.status.state
-        if state in STOPPED:
-            self.climb_blocked = True
         active = not self.spec.suspend and self.exists
+        # A tick that could not act (suspended, the Deployment missing) leaves a pending spec
+        # change pending: the stopped status it kept predates that change, and the change still
+        # re-arms the rollout once a tick can act on it.
+        if state in STOPPED and (active or not self.spec_changed):
+            self.climb_blocked = True
         if active:
             self.inbox = []  # handed to decide() and executed: taken
             self.spec_changed = False

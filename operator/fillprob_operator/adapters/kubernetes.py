@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
@@ -25,6 +26,16 @@ from kubernetes.client.exceptions import ApiException
 
 from .clock import SystemClock
 from .logs import IDLE_READ_SECONDS, KUBELET_LOG_FILE_ERROR, LogFollower
+from .watches import (
+    ClientSource,
+    WatchCache,
+    newer,
+    project_deployment,
+    project_job,
+    project_pod,
+    project_replica_set,
+    rv_int,
+)
 from ..domain.actions import EmitEvent, PatchEnv, RunPreflight
 from ..domain.observations import (
     DeploymentObservation,
@@ -509,6 +520,28 @@ def request_labels(method: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Caches:
+    """The watch-backed caches (adapters/watches.py); a kind without one is read directly."""
+
+    deployments: Any = None
+    replica_sets: Any = None
+    pods: Any = None
+    jobs: Any = None
+    rollouts: Any = None
+
+    def all(self) -> list[Any]:
+        return [c for c in (self.deployments, self.replica_sets, self.pods, self.jobs, self.rollouts)
+                if c is not None]
+
+
+def _floor(*rvs: int | None) -> int | None:
+    """The newest of resourceVersions the tick already holds; None when any is not comparable."""
+    if any(rv is None for rv in rvs):
+        return None
+    return max(rvs)  # type: ignore[type-var]
+
+
 class KubernetesAdapter:
     """CoreV1 / AppsV1 / BatchV1 / CustomObjects, each call in `executor` with a timeout."""
 
@@ -528,8 +561,14 @@ class KubernetesAdapter:
         close: Callable[[], None] | None = None,
         logs: Any = None,
         metrics: Any = None,
+        caches: Caches | None = None,
     ) -> None:
         self.core, self.apps, self.batch, self.custom = core, apps, batch, custom
+        self.caches = caches or Caches()
+        # (kind, namespace, name) -> the newest version this process wrote (the object a patch
+        # or create returned) or, for FillProbRollouts, also read: a cache that has not
+        # delivered it yet is never read as if it had not happened (`_cached_or_read`).
+        self._written: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._to_dict = to_dict
         self._executor = executor
         self._timeout = timeout
@@ -557,7 +596,14 @@ class KubernetesAdapter:
             **{"close": api_client.close, **kwargs},
         )
 
+    def start_watches(self) -> None:
+        """Start the caches' list+watch threads (the operator's startup; tests feed them)."""
+        for cache in self.caches.all():
+            cache.start()
+
     def close(self) -> None:
+        for cache in self.caches.all():
+            cache.close()
         self.logs.close()
         if self._close is not None:
             self._close()
@@ -616,22 +662,45 @@ class KubernetesAdapter:
             raise KubernetesError(f"GET /apis/{API_VERSION}: {exc.status} {exc.reason}", status=exc.status) from exc
         return any(r.get("name") == PLURAL for r in (found or {}).get("resources") or ())
 
-    async def read_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._read(
-            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-        )
+    def _known(self, kind: str, namespace: str, name: str, obj: Any) -> Any:
+        """Remember the newest version of an object this process read or wrote (by rv)."""
+        if isinstance(obj, dict) and rv_int(obj) is not None:
+            key = (kind, namespace, name)
+            old = self._written.get(key)
+            if old is None or (rv_int(old) or 0) <= (rv_int(obj) or 0):
+                self._written[key] = obj
+        return obj
+
+    async def read_rollout(
+        self, namespace: str, name: str, *, cached: bool = False, floor: int = 0
+    ) -> dict[str, Any] | None:
+        """The FillProbRollout: a GET, or with `cached` from the watch-backed cache when that is
+        at least as new as `floor` and as every version this process read or wrote
+        (`_cached_or_read`). A cache never says a rollout is gone: that takes a GET."""
+        async def read() -> Any:
+            return await self._read(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+
+        cache = self.caches.rollouts
+        body = None
+        if cached and cache is not None:
+            body = await self._cached_or_read(KIND, cache, namespace, name, floor, read)
+        if body is None:
+            body = await read()
+        return self._known(KIND, namespace, name, body)
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         try:
-            return self._to_dict(
+            return self._known(KIND, namespace, name, self._to_dict(
                 await self._call(
                     self.custom.patch_namespaced_custom_object_status,
                     GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status_patch)},
                     _content_type="application/merge-patch+json",
                 )
-            )
+            ))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -655,11 +724,11 @@ class KubernetesAdapter:
             reason_path = "/metadata/annotations/" + ROLLBACK_REASON_ANNOTATION.replace("/", "~1")
             ops.append({"op": "remove", "path": reason_path})
         try:
-            await self._call(
+            self._known(KIND, namespace, name, self._to_dict(await self._call(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, PLURAL, name, ops,
                 _content_type="application/json-patch+json",
-            )
+            )))
             return True
         except ApiException as exc:
             if exc.status in (404, 409, 422):  # gone, or the annotation changed meanwhile
@@ -671,12 +740,12 @@ class KubernetesAdapter:
     ) -> bool:
         """ONE merge patch on metadata.annotations (None removes); False when the rollout is gone."""
         try:
-            await self._call(
+            self._known(KIND, namespace, name, self._to_dict(await self._call(
                 self.custom.patch_namespaced_custom_object,
                 GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": dict(annotations)}},
                 field_manager=self._component,
                 _content_type="application/merge-patch+json",
-            )
+            )))
             return True
         except ApiException as exc:
             if exc.status == 404:
@@ -712,13 +781,54 @@ class KubernetesAdapter:
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read(self.apps.read_namespaced_deployment, name, namespace)
 
+    async def _cached_or_read(
+        self, kind: str, cache: Any, namespace: str, name: str, floor: int | None,
+        read: Callable[[], Any],
+    ) -> dict[str, Any] | None:
+        """The object from its cache when that cannot be older than what the tick holds (`floor`,
+        the FillProbRollout's resourceVersion) nor than our own last write to it; else `read()`.
+
+        Proof sketch (docs/performance.md, "Watch-backed caches"): a fresh cache has seen every write up to its
+        high-water mark H >= floor. If it also has seen our write (H >= W), it alone is the
+        object as of H. Else, when it holds the object, the newer of (cached, written) is the
+        object as of max(H, W): a write after W and before H would be in the cache."""
+        if cache is None or floor is None:
+            return await read()
+        written = self._written.get((kind, namespace, name))
+        written_rv = rv_int(written) if written is not None else None
+        if written is not None and written_rv is None:
+            return await read()
+        if cache.fresh(namespace, _floor(floor, written_rv) if written is not None else floor):
+            self._written.pop((kind, namespace, name), None)  # the cache has it now
+            return cache.get(namespace, name)
+        if cache.fresh(namespace, floor) and written is not None:
+            cached = cache.get(namespace, name)
+            best = newer(cached, written) if cached is not None else None
+            if best is not None:
+                return copy.deepcopy(dict(best))
+        return await read()
+
+    async def _selected_or_listed(
+        self, cache: Any, namespace: str, match_labels: Mapping[str, str], floor: int | None,
+        listing: Callable[[], Any],
+    ) -> list[dict[str, Any]]:
+        if cache is not None and cache.fresh(namespace, floor):
+            return cache.select(namespace, match_labels)
+        return await listing()
+
     async def observe_deployment(
-        self, namespace: str, name: str, container_name: str | None, *, rollout: str | None = None
+        self, namespace: str, name: str, container_name: str | None, *, rollout: str | None = None,
+        floor: int | None = None,
     ) -> DeploymentObservation:
         """The Deployment and its newest ReplicaSet's pods; their logs are followed for
-        `rollout` (whose daemon a resolution or circuit-breaker line wakes)."""
+        `rollout` (whose daemon a resolution or circuit-breaker line wakes). `floor`: the
+        resourceVersion of the FillProbRollout the tick decides on; caches that have not seen
+        that far are not read (watches.py `fresh`)."""
         owner = (namespace, rollout or name)
-        deployment = await self.read_deployment(namespace, name)
+        deployment = await self._cached_or_read(
+            "Deployment", self.caches.deployments, namespace, name, floor,
+            lambda: self.read_deployment(namespace, name),
+        )
         if deployment is None:
             await self._follow(owner, namespace, (), "")
             return DeploymentObservation(exists=False, rollout_message=f"Deployment {name!r} not found")
@@ -727,7 +837,9 @@ class KubernetesAdapter:
         status = deployment.get("status") or {}
         new_pods: tuple[PodStartup, ...] = ()
         if container is not None:
-            new_pods = await self._new_pods(owner, namespace, deployment, container["name"])
+            new_pods = await self._new_pods(
+                owner, namespace, deployment, container["name"], _floor(floor, rv_int(deployment))
+            )
         else:
             await self._follow(owner, namespace, (), "")
             message = f"container {container_name!r} not found; {message}"
@@ -759,21 +871,27 @@ class KubernetesAdapter:
         )
 
     async def _new_pods(
-        self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str
+        self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str,
+        floor: int | None = None,
     ) -> tuple[PodStartup, ...]:
+        """`floor`: the newest resourceVersion of the rollout and the Deployment; the
+        ReplicaSets and pods are then never older than the Deployment they are judged against
+        (as with direct reads, made after the Deployment's)."""
         match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         selector = label_selector(match_labels)
-        replica_sets = await self._list(
-            self.apps.list_namespaced_replica_set, namespace, label_selector=selector
+        replica_sets = await self._selected_or_listed(
+            self.caches.replica_sets, namespace, match_labels, floor,
+            lambda: self._list(self.apps.list_namespaced_replica_set, namespace, label_selector=selector),
         )
         newest = newest_replica_set(deployment, replica_sets)
         pods: list[dict[str, Any]] = []
         if newest is not None:
             rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
             pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
-            pods = replica_set_pods(
-                newest, await self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector)
-            )
+            pods = replica_set_pods(newest, await self._selected_or_listed(
+                self.caches.pods, namespace, {**match_labels, POD_TEMPLATE_HASH: rs_hash}, floor,
+                lambda: self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector),
+            ))
         logs = await self._follow(owner, namespace, pods, container)
         startups = []
         for pod in pods:
@@ -847,6 +965,7 @@ class KubernetesAdapter:
             if exc.status == 404:
                 return False
             raise KubernetesError(f"patch Deployment {namespace}/{name}: {exc.status} {exc.reason}") from exc
+        self._written[("Deployment", namespace, name)] = after
         problems = unmanaged_changes(
             deployment, after, container["name"], [*action.set_env, *action.remove_env]
         )
@@ -868,22 +987,32 @@ class KubernetesAdapter:
             return False
         body = preflight_job_body(owner, deployment, action)
         try:
-            await self._call(self.batch.create_namespaced_job, namespace, body)
+            created = self._to_dict(await self._call(self.batch.create_namespaced_job, namespace, body))
         except ApiException as exc:
             if exc.status == 409:
                 return True
             raise KubernetesError(f"create Job {namespace}/{action.job_name}: {exc.status} {exc.reason}") from exc
+        if isinstance(created, dict) and rv_int(created) is not None:
+            self._written[("Job", namespace, action.job_name)] = created
         return True
 
-    async def observe_preflight(self, namespace: str, job_name: str) -> PreflightObservation:
-        job = await self._read(self.batch.read_namespaced_job, job_name, namespace)
+    async def observe_preflight(
+        self, namespace: str, job_name: str, *, floor: int | None = None
+    ) -> PreflightObservation:
+        job = await self._cached_or_read(
+            "Job", self.caches.jobs, namespace, job_name, floor,
+            lambda: self._read(self.batch.read_namespaced_job, job_name, namespace),
+        )
         state = job_state(job)
         if state not in (JobState.SUCCEEDED, JobState.FAILED):
             return PreflightObservation(job_name=job_name, state=state)
         pods = [
             pod
-            for pod in await self._list(
-                self.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}"
+            for pod in await self._selected_or_listed(
+                self.caches.pods, namespace, {JOB_NAME_LABEL: job_name}, _floor(floor, rv_int(job)),
+                lambda: self._list(
+                    self.core.list_namespaced_pod, namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}"
+                ),
             )
             if _owned_by(pod, _meta(job).get("uid"))
         ]
@@ -923,9 +1052,41 @@ def open_log_stream(
     return response.response
 
 
+def build_caches(
+    api_client: Any, namespaces: Iterable[str], *, timeout: float, count: Callable[[str, str], None]
+) -> Caches:
+    """One WatchCache per kind over the watched namespaces (empty: all), each kind's requests
+    counted as `fillprob_operator_kubernetes_requests_total{verb=list|watch}`."""
+    from kubernetes import client
+
+    core, apps, batch = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.BatchV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    kinds = {
+        "deployments": ("Deployment", "deployments", apps.list_namespaced_deployment,
+                        apps.list_deployment_for_all_namespaces, project_deployment),
+        "replica_sets": ("ReplicaSet", "replicasets", apps.list_namespaced_replica_set,
+                         apps.list_replica_set_for_all_namespaces, project_replica_set),
+        "pods": ("Pod", "pods", core.list_namespaced_pod, core.list_pod_for_all_namespaces, project_pod),
+        "jobs": ("Job", "jobs", batch.list_namespaced_job, batch.list_job_for_all_namespaces, project_job),
+        "rollouts": (
+            KIND, PLURAL,
+            lambda ns, **kw: custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, **kw),
+            lambda **kw: custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw),
+            dict,
+        ),
+    }
+    return Caches(**{
+        attr: WatchCache(
+            kind, ClientSource(namespaced, everywhere, timeout=timeout), tuple(namespaces), project=project,
+            count=functools.partial(lambda resource, verb: count(verb, resource), resource),
+        )
+        for attr, (kind, resource, namespaced, everywhere, project) in kinds.items()
+    })
+
+
 def build_adapter(
     *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16,
-    metrics: Any = None, log_streams: int = 200,
+    metrics: Any = None, log_streams: int = 200, watch_namespaces: Iterable[str] | None = None,
 ) -> KubernetesAdapter:
     """In-cluster config when running in a pod, else the current KUBECONFIG.
 
@@ -948,16 +1109,29 @@ def build_adapter(
     streams_configuration = copy.deepcopy(configuration)
     streams_configuration.connection_pool_maxsize = log_streams
     streams_configuration.keep_alive = True
+    # Watches too hold a connection each while they run (4 kinds per watched namespace).
+    watch_configuration = copy.deepcopy(streams_configuration)
     configuration.connection_pool_maxsize = pool_size
     api_client = client.ApiClient(configuration)
     streams_client = client.ApiClient(streams_configuration)
+    watch_client = client.ApiClient(watch_configuration) if watch_namespaces is not None else None
 
     def close() -> None:
         api_client.close()
         streams_client.close()
+        if watch_client is not None:
+            watch_client.close()
 
+    def count(verb: str, resource: str) -> None:
+        if metrics is not None:
+            metrics.kubernetes_requests.labels(verb, resource).inc()
+
+    caches = None
+    if watch_client is not None:
+        caches = build_caches(watch_client, watch_namespaces or (), timeout=timeout, count=count)
     return KubernetesAdapter.from_api_client(
         api_client, executor=executor, timeout=timeout, clock=clock, metrics=metrics, close=close,
+        caches=caches,
         logs=LogFollower(
             functools.partial(open_log_stream, streams_client, timeout=timeout),
             max_streams=log_streams, metrics=metrics,

@@ -233,6 +233,8 @@ class LogFollower:
         self._metrics = metrics
         self._wake = wake
         self._streams: dict[StreamKey, _Stream] = {}
+        # owner -> the keys of the streams it follows (a tick looks at its own, not at all).
+        self._owned: dict[Owner, set[StreamKey]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -249,7 +251,7 @@ class LogFollower:
         most `timeout`), as a read was. Returns uid -> what its log said so far."""
         self._loop = asyncio.get_running_loop()
         wanted = {(namespace, uid, container): name for name, uid in pods}
-        for key in [k for k, s in self._streams.items() if owner in s.owners and k not in wanted]:
+        for key in [k for k in self._owned.get(owner, ()) if k not in wanted]:
             self._release(key, owner)
         waits: list[asyncio.Future[None]] = []
         for key, name in wanted.items():
@@ -261,6 +263,7 @@ class LogFollower:
                     continue
                 stream = self._start(namespace, name, key[1], container)
             stream.owners.add(owner)
+            self._owned.setdefault(owner, set()).add(key)
             with stream.lock:
                 if not stream.answered:
                     future = self._loop.create_future()
@@ -274,7 +277,7 @@ class LogFollower:
 
     def forget(self, owner: Owner) -> None:
         """The rollout's daemon stopped here: stop the streams only it asked for."""
-        for key in [k for k, s in self._streams.items() if owner in s.owners]:
+        for key in list(self._owned.get(owner, ())):
             self._release(key, owner)
 
     def close(self) -> None:
@@ -293,16 +296,26 @@ class LogFollower:
     def _release(self, key: StreamKey, owner: Owner) -> None:
         stream = self._streams[key]
         stream.owners.discard(owner)
+        self._disown(owner, key)
         if not stream.owners:
             self._stop(key)
 
     def _stop(self, key: StreamKey) -> None:
         stream = self._streams.pop(key)
+        for owner in stream.owners:
+            self._disown(owner, key)
         stream.stopping.set()
         with stream.lock:
             response = stream.response
         if response is not None:
             interrupt(response)
+
+    def _disown(self, owner: Owner, key: StreamKey) -> None:
+        keys = self._owned.get(owner)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._owned[owner]
 
     def _signal(self, stream: _Stream) -> None:
         """In the event loop: a line that decides arrived; wake every rollout watching the pod,

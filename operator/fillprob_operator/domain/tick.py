@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from ..api import AppliedEnv, FillProbRolloutSpec, HistoryEntry, Restart, RolloutStatus, State
+from ..api import AppliedEnv, FillProbRolloutSpec, HistoryEntry, Restart, RolloutStatus, State, clone_model
 from ..api import format_rfc3339 as rfc3339
 from .actions import Action, EmitEvent
 from .ladder import (
@@ -106,7 +106,9 @@ class Tick:
     degraded: tuple[str, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.s = self.original.model_copy(deep=True) if self.original else RolloutStatus()
+        # A deep copy (`model_copy(deep=True)`'s), made cheaply: the working copy never shares
+        # a mutable part with `original`, which `_decision` compares it against.
+        self.s = clone_model(self.original) if self.original else RolloutStatus()
         self.ladder = build_ladder(self.spec)
 
     # -- the ladder --------------------------------------------------------------------

@@ -1,0 +1,356 @@
+"""Watch-backed caches of Deployments, ReplicaSets, Pods, Jobs and FillProbRollouts (issue 10,
+point 1).
+
+One `WatchCache` per kind keeps, per watched namespace (or cluster-wide when the operator
+watches all namespaces), a projection of every object: list, then watch from the list's
+resourceVersion with bookmarks, in a thread of its own (the official client blocks).
+
+Why not `@kopf.index` (kopf 1.45 source, `_core/reactor/queueing.py`, `processing.py`):
+kopf drops its "indexed" toggle once, after the first list, and never raises it again; a watch
+that drops, or a 410 that makes kopf re-list, leaves the index serving old data with nothing
+to tell, and an object deleted while the watch was down is never removed (a re-list yields only
+the objects that exist). The rule here is "never act on a stale cache", so the cache must say
+when it cannot be trusted: that is `fresh()`.
+
+The trust rule, one place (`fresh`): a namespace's store is used only while its watch is up
+(synced: listed, and no error since) and its high-water mark (the newest resourceVersion a list,
+event or bookmark delivered) is at least the `floor` the caller gives, the resourceVersion of the
+newest object the tick already holds (the FillProbRollout it decides on, the Deployment). etcd
+numbers every write with one counter, so such a store reflects every write that happened before
+the tick's own reads, exactly like a direct read made after them. Anything else (resourceVersions
+that are not integers, a store that lags) is `None`: the caller reads directly, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Protocol
+
+logger = logging.getLogger("fillprob_operator.watches")
+
+ALL_NAMESPACES = ""
+# The API server ends a watch after timeoutSeconds (client-go picks 5-10 min); it is resumed
+# from the high-water mark, nothing lost. A connection that dies without a word (no RST) must
+# not hold a stale cache for that long: a watch silent for READ_IDLE_SECONDS (no event, no
+# bookmark) counts as dropped: not synced, re-listed. (Whether the API server sends a quiet
+# watch periodic bookmarks, so that this costs nothing, is to be measured on the testbed.) Stale for minutes, a cache could show a rollout
+# unfinished past its progress deadline; READ_IDLE_SECONDS bounds that.
+WATCH_TIMEOUT_SECONDS = 240
+READ_IDLE_SECONDS = 90
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Gone(Exception):
+    """410: the resourceVersion is too old to watch from; list again."""
+
+
+def rv_int(obj_or_rv: Any) -> int | None:
+    """A resourceVersion as an int, None when there is none or it is not all digits (the API
+    says resourceVersions are opaque; every API server we know uses etcd's revision)."""
+    rv = obj_or_rv
+    if isinstance(obj_or_rv, Mapping):
+        rv = (obj_or_rv.get("metadata") or {}).get("resourceVersion")
+    text = str(rv or "")
+    return int(text) if text.isdigit() else None
+
+
+def newer(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The newer of two versions of one object by resourceVersion; None when they cannot be
+    compared (either is missing or not an integer): then the caller must read it directly."""
+    ra, rb = rv_int(a) if a is not None else None, rv_int(b) if b is not None else None
+    if ra is None or rb is None:
+        return None
+    return a if ra >= rb else b
+
+
+# -- projections: only what the observations read -----------------------------------------
+
+_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "generation", "labels",
+              "ownerReferences", "creationTimestamp", "deletionTimestamp")
+
+
+def _project_meta(meta: Mapping[str, Any], *extra: str) -> dict[str, Any]:
+    return {k: meta[k] for k in (*_META_KEYS, *extra) if k in meta}
+
+
+def project_deployment(obj: Mapping[str, Any]) -> dict[str, Any]:
+    # managedFields: who changed the env, when the restart token landed (kubernetes.py).
+    meta = _project_meta(obj.get("metadata") or {}, "annotations", "managedFields")
+    return {"metadata": meta, "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}
+
+
+def project_replica_set(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = _project_meta(obj.get("metadata") or {})
+    revision = ((obj.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
+    if revision is not None:
+        meta["annotations"] = {"deployment.kubernetes.io/revision": revision}
+    return {"metadata": meta}
+
+
+def project_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    status = obj.get("status") or {}
+    kept: dict[str, Any] = {
+        "conditions": [c for c in status.get("conditions") or () if c.get("type") == "Ready"],
+        "containerStatuses": [
+            {"name": s.get("name"), "state": {"terminated": (s.get("state") or {}).get("terminated")}}
+            if (s.get("state") or {}).get("terminated") else {"name": s.get("name"), "state": {}}
+            for s in status.get("containerStatuses") or ()
+        ],
+    }
+    return {"metadata": _project_meta(obj.get("metadata") or {}), "status": kept}
+
+
+def project_job(obj: Mapping[str, Any]) -> dict[str, Any]:
+    status = obj.get("status") or {}
+    return {"metadata": _project_meta(obj.get("metadata") or {}),
+            "status": {"conditions": list(status.get("conditions") or ())}}
+
+
+def labels_match(match_labels: Mapping[str, str], obj: Mapping[str, Any]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class _Entry(NamedTuple):
+    """One object in a store: what `select` filters on, and the projection itself, frozen as
+    pickled bytes of its JSON form. Each reader gets a fresh copy (`thaw`), so no tick can
+    change what the next one reads; freezing once per watch event instead of copying at each
+    read makes a tick's reads several times cheaper (issue 10, point 5)."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    resource_version: int | None
+    frozen: bytes
+
+    def thaw(self) -> dict[str, Any]:
+        return pickle.loads(self.frozen)
+
+
+def _entry(projection: Mapping[str, Any]) -> _Entry:
+    # The JSON form: what a reader got when reads copied through JSON (tuples are lists).
+    plain = json.loads(json.dumps(projection))
+    meta = plain.get("metadata") or {}
+    return _Entry(meta.get("namespace"), dict(meta.get("labels") or {}), rv_int(plain),
+                  pickle.dumps(plain, pickle.HIGHEST_PROTOCOL))
+
+
+@dataclass
+class _Store:
+    objects: dict[str, _Entry] = field(default_factory=dict)  # (ns/name) -> its projection
+    high_water: int | None = None
+    synced: bool = False
+
+
+class Source(Protocol):
+    """The API, as a cache needs it (adapters: `ClientSource`; tests: a fake)."""
+
+    def list(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        """Every object (namespace "" = all) and the list's resourceVersion."""
+
+    def watch(self, namespace: str, resource_version: str, timeout_seconds: int) -> Iterable[dict[str, Any]]:
+        """Raw watch events `{"type", "object"}` from `resource_version`; raises Gone on 410."""
+
+
+class WatchCache:
+    """One kind in the watched namespaces. `apply_*` change the store (the thread calls them;
+    tests call them directly); `fresh`, `get` and `select` read it from the event loop."""
+
+    def __init__(
+        self,
+        kind: str,
+        source: Source,
+        namespaces: Iterable[str] = (),
+        *,
+        project: Callable[[Mapping[str, Any]], dict[str, Any]] = dict,
+        count: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.source = source
+        self.scopes = tuple(namespaces) or (ALL_NAMESPACES,)
+        self.project = project
+        self._count = count or (lambda verb: None)
+        self._lock = threading.Lock()
+        self._stores = {scope: _Store() for scope in self.scopes}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- reading (event loop) -------------------------------------------------------------
+
+    def _scope(self, namespace: str) -> str | None:
+        if ALL_NAMESPACES in self._stores:
+            return ALL_NAMESPACES
+        return namespace if namespace in self._stores else None
+
+    def fresh(self, namespace: str, floor: int | None) -> bool:
+        """Whether the store for `namespace` may answer for a tick that already holds objects
+        up to resourceVersion `floor` (None: not comparable, so no)."""
+        scope = self._scope(namespace)
+        if scope is None or floor is None:
+            return False
+        with self._lock:
+            store = self._stores[scope]
+            return store.synced and store.high_water is not None and store.high_water >= floor
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        scope = self._scope(namespace)
+        with self._lock:
+            found = self._stores[scope].objects.get(f"{namespace}/{name}") if scope is not None else None
+        return found.thaw() if found is not None else None
+
+    def select(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        scope = self._scope(namespace)
+        if scope is None:
+            return []
+        wanted = tuple(match_labels.items())
+        with self._lock:
+            found = [e for e in self._stores[scope].objects.values()
+                     if e.namespace == namespace and all(e.labels.get(k) == v for k, v in wanted)]
+        return [e.thaw() for e in found]
+
+    def state(self, namespace: str) -> tuple[bool, int | None]:
+        """(synced, high-water mark), for logs and tests."""
+        scope = self._scope(namespace)
+        if scope is None:
+            return False, None
+        with self._lock:
+            store = self._stores[scope]
+            return store.synced, store.high_water
+
+    # -- writing (the watch thread) -------------------------------------------------------
+
+    def apply_list(self, scope: str, items: Iterable[Mapping[str, Any]], resource_version: str) -> None:
+        """A complete list replaces the store: what is not in it is gone."""
+        objects = {}
+        for item in items:
+            meta = item.get("metadata") or {}
+            objects[f"{meta.get('namespace', '')}/{meta.get('name')}"] = _entry(self.project(item))
+        with self._lock:
+            store = self._stores[scope]
+            store.objects = objects
+            store.high_water = rv_int(resource_version)
+            store.synced = store.high_water is not None
+
+    def apply_event(self, scope: str, event: Mapping[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        rv = rv_int(obj)
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace', '')}/{meta.get('name')}"
+        with self._lock:
+            store = self._stores[scope]
+            if kind in ("ADDED", "MODIFIED"):
+                old = store.objects.get(key)
+                if old is None or rv is None or (old.resource_version or 0) <= rv:
+                    store.objects[key] = _entry(self.project(obj))
+            elif kind == "DELETED":
+                store.objects.pop(key, None)
+            elif kind != "BOOKMARK":
+                return
+            if rv is not None and (store.high_water is None or rv > store.high_water):
+                store.high_water = rv
+
+    def mark_down(self, scope: str) -> None:
+        with self._lock:
+            self._stores[scope].synced = False
+
+    def resource_version(self, scope: str) -> str:
+        with self._lock:
+            return str(self._stores[scope].high_water or "")
+
+    # -- the threads ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for scope in self.scopes:
+            thread = threading.Thread(
+                target=self._run, args=(scope,), daemon=True, name=f"watch-{self.kind}-{scope or 'all'}"
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        self._stop.set()
+        for scope in self.scopes:
+            self.mark_down(scope)
+
+    def _run(self, scope: str) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._count("list")
+                items, rv = self.source.list(scope)
+                self.apply_list(scope, items, rv)
+                failures = 0
+                self._watch(scope)  # returns only on Gone; raises on any failure
+            except Gone:
+                logger.info("event=watch_gone kind=%s namespace=%s action=relist", self.kind, scope or "*")
+            except Exception as exc:  # unreachable, timed out, dropped: not synced until re-listed
+                self.mark_down(scope)
+                logger.warning("event=watch_down kind=%s namespace=%s error=%r", self.kind, scope or "*", str(exc))
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                self._stop.wait(delay * random.uniform(0.8, 1.2))
+            # A re-list follows a 410 or a failure: the store is stale until it completes.
+            self.mark_down(scope)
+
+    def _watch(self, scope: str) -> None:
+        """Watch from the high-water mark; a watch the server ends (timeoutSeconds) is resumed
+        from there, nothing lost. Gone or any exception leaves, for a re-list."""
+        while not self._stop.is_set():
+            self._count("watch")
+            timeout = int(WATCH_TIMEOUT_SECONDS * random.uniform(1.0, 1.25))
+            for event in self.source.watch(scope, self.resource_version(scope), timeout):
+                if self._stop.is_set():
+                    return
+                if event.get("type") == "ERROR":
+                    if (event.get("object") or {}).get("code") == 410:
+                        raise Gone()
+                    raise RuntimeError(f"watch error: {str(event.get('object'))[:200]}")
+                self.apply_event(scope, event)
+
+
+class ClientSource:
+    """`Source` over the official client's list function (e.g. `AppsV1Api.list_namespaced_deployment`
+    and its `..._for_all_namespaces` twin), JSON parsed by us (no model objects: cheaper)."""
+
+    def __init__(self, namespaced: Callable[..., Any], everywhere: Callable[..., Any], *, timeout: float) -> None:
+        self.namespaced, self.everywhere, self.timeout = namespaced, everywhere, timeout
+
+    def _call(self, scope: str, **kwargs: Any) -> Any:
+        if scope == ALL_NAMESPACES:
+            return self.everywhere(_preload_content=False, **kwargs)
+        return self.namespaced(scope, _preload_content=False, **kwargs)
+
+    def list(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        # One list, unpaginated: a paginated list is consistent too, but costs more requests.
+        response = self._call(namespace, _request_timeout=self.timeout)
+        data = json.loads(response.data)
+        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(self, namespace: str, resource_version: str, timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
+        try:
+            response = self._call(
+                namespace, watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                _request_timeout=(self.timeout, READ_IDLE_SECONDS),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Gone() from exc
+            raise
+        try:
+            for line in iter_resp_lines(response):
+                if line:
+                    yield json.loads(line)
+        finally:
+            response.close()
+            response.release_conn()
