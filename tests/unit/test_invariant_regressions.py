@@ -205,3 +205,25 @@ def test_a_min_bps_change_made_while_suspended_is_restored_with_the_rollback_in_
     assert sim.env.get(MIN_BPS) == "2600" and sim.env.get(ENFORCE) == "0"
     again = decide_again(sim)
     assert [a for a in again.actions if isinstance(a, (PatchEnv, RunPreflight))] == []
+
+
+def test_a_target_lowered_while_the_deployment_was_missing_rearms_once_it_is_back() -> None:
+    """Found by the ci profile (stop 17; I4 in the model, not in the operator): rolled back at
+    Expand (R2), the Deployment deleted, recreated, deleted again, targetPhase lowered to Shadow
+    while it is missing, then recreated. The spec change re-arms the rollout once a tick can act
+    on it (TargetLowered at Shadow); the model must not count the stopped status kept while the
+    Deployment was missing as "no spec change since". The shrunk sequence, replayed on the state
+    machine itself, every promise checked at every tick."""
+    from test_invariants import EverydayChange
+
+    machine = EverydayChange()
+    machine.start(phase="Expand", batches=(), canary=("S1", "S2"), start_enforce="unset", window=20, walk=12,
+                  min_bps=None)
+    machine.circuit_breaker_trips(all_pods=False, via="log")
+    machine.deployment_deleted()
+    machine.deployment_recreated()
+    machine.deployment_deleted()
+    machine.target_phase_edited(phase="Shadow")
+    machine.deployment_recreated()
+    assert machine.sim.status.step == "Shadow" and machine.sim.status.reason == "TargetLowered"
+    machine.teardown()
