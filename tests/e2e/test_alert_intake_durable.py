@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +31,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from support import Env, OperatorProcess, ensure_peering_crds, free_port, holds_for, wait_for
+from support import Env, OperatorProcess, ensure_peering_crds, free_port, holds_for, http, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,19 +75,8 @@ class Receiver:
         payload = {"version": "4", "status": "firing", "receiver": "fillprob-operator", "groupKey": "{}:{}",
                    "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "",
                    "alerts": alerts}
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/alertmanager", data=json.dumps(payload).encode(), method="POST",
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 (loopback)
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return http("POST", f"http://127.0.0.1:{self.port}/alertmanager", json.dumps(payload).encode(),
+                    {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
 
 
 def cb_alert(env: Env) -> dict:

@@ -29,7 +29,6 @@ import os
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -39,7 +38,7 @@ from typing import Any, Callable
 import pytest
 from kubernetes import client
 from fillprob_operator.adapters.kubernetes import KUBELET_LOG_FILE_ERROR
-from support import REPO_ROOT, Env, free_port, holds_for, wait_for
+from support import REPO_ROOT, Env, free_port, holds_for, http, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -717,17 +716,8 @@ def test_suspend_pauses_the_window_reports_no_go_and_keeps_rolled_back(grinder_e
 def post_alerts(url: str, token: str, alerts: list[dict]) -> tuple[int, Any]:
     payload = {"version": "4", "status": "firing", "receiver": "fillprob-operator", "groupKey": "{}:{}",
                "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": alerts}
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 (loopback)
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return http("POST", url, json.dumps(payload).encode(),
+                {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
 
 
 def alert(env: Env, playbook: str, starts_at: datetime) -> dict:
