@@ -27,12 +27,22 @@ node_network_up() {
   {
     echo "net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward)"
     echo "net.bridge.bridge-nf-call-iptables=$(sysctl -n net.bridge.bridge-nf-call-iptables)"
+    echo "fs.inotify.max_user_instances=$(sysctl -n fs.inotify.max_user_instances)"
   } >"$TB_SYSCTL_SAVED"
   ip link add "$TB_BRIDGE" type bridge
   ip addr add "$TB_NODE_IP/${TB_POD_CIDR#*/}" dev "$TB_BRIDGE"
   ip link set "$TB_BRIDGE" up
   ip route add "$TB_SERVICE_CIDR" dev "$TB_BRIDGE" src "$TB_NODE_IP"
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+  # Every `kubectl logs -f` (the operator follows each pod's log) costs the kubelet one inotify
+  # instance while it waits at the end of the file (k8s.io/cri-client pkg/logs: a new
+  # fsnotify watcher per follow). Everything here runs as root, and the per-user limit is often
+  # 128: past about 100 followed pods the kubelet answers "failed to create fsnotify watcher:
+  # too many open files" and the stream ends. Raised as kubelet nodes commonly have it (8192);
+  # the value it had is put back by down.sh.
+  if [ "$(sysctl -n fs.inotify.max_user_instances)" -lt 8192 ]; then
+    sysctl -qw fs.inotify.max_user_instances=8192
+  fi
   # Pods see only this machine and each other: nothing forwarded between the bridge and any
   # other interface. The API server, Prometheus and Alertmanager listen on every address (pods
   # reach them through Services): only loopback and the bridge may open a connection to them.

@@ -370,6 +370,8 @@ class Reconciler:
             decision = self.domain.decide(
                 spec, status, observations, now,
                 generation=generation, name=name, namespace=namespace,
+                # The same status parsed again: decide changes it instead of deep-copying status.
+                scratch=self.domain.parse_status(raw_status) if status is not None else None,
             )
         except Exception:
             if previous_state in GATED_STATES:

@@ -51,7 +51,7 @@ class ScriptedDecide:
     def __init__(self) -> None:
         self.seen: list[tuple[Any, Any]] = []
 
-    def __call__(self, spec, status, observations, now, *, generation, name, namespace):
+    def __call__(self, spec, status, observations, now, *, generation, name, namespace, scratch=None):
         self.seen.append((status, observations))
         status = copy.deepcopy(status) if status else {"phase": "Preflight", "step": "Preflight", "state": "Pending"}
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")

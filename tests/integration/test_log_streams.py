@@ -139,12 +139,22 @@ def test_a_log_that_cannot_be_opened_is_missing_data_not_a_missing_line(refusal,
     asyncio.run(scenario())
 
 
+KUBELET_ERRORS = [
+    'failed to try resolving symlinks in path "/var/log/pods/trading_p1_u/grinder/0.log": '
+    "lstat /var/log/pods/trading_p1_u/grinder/0.log: no such file or directory",
+    # Seen on the testbed with 130 follows: the kubelet's user ran out of inotify instances
+    # (fs.inotify.max_user_instances, often 128) at the end of the file.
+    "failed to create fsnotify watcher: too many open files",
+    'failed to watch directory "/var/log/pods/trading_p1_u/grinder": no space left on device',
+    "failed to get parse function: unsupported log format: \"x\"",
+]
+
+
 @pytest.mark.parametrize("newline", ["", "\n"])
-def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(newline):
+@pytest.mark.parametrize("error", KUBELET_ERRORS)
+def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(newline, error):
     kubelet = FakeKubelet()
     follower, _ = follower_for(kubelet)
-    error = ('failed to try resolving symlinks in path "/var/log/pods/trading_p1_u/grinder/0.log": '
-             "lstat /var/log/pods/trading_p1_u/grinder/0.log: no such file or directory")
 
     def answer_with_error(namespace, pod, container, since):
         response = FakeResponse()

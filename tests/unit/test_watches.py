@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fillprob_operator.adapters import watches
 from fillprob_operator.adapters.kubernetes import KubernetesAdapter
 from fillprob_operator.adapters.watches import (
+    ALL_NAMESPACES,
     Gone,
     WatchCache,
     newer,
@@ -486,3 +487,41 @@ def test_a_cached_rollout_is_never_older_than_what_this_process_read_or_wrote_or
             lower = seen_rv
             if delivered == len(log) and cache.state(NS)[0]:
                 assert seen == world["obj"]
+
+
+_LABELS = st.dictionaries(st.sampled_from(["app", "tier", "pod-template-hash"]), st.sampled_from(["a", "b", "c"]), max_size=3)
+_OBJECT = st.tuples(st.sampled_from(["ns1", "ns2"]), st.sampled_from(["x", "y", "z", "w"]), _LABELS)
+_STEP = st.one_of(
+    st.tuples(st.just("list"), st.lists(_OBJECT, max_size=6)),
+    st.tuples(st.sampled_from(["ADDED", "MODIFIED", "DELETED"]), _OBJECT),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_STEP, max_size=30), namespace=st.sampled_from(["ns1", "ns2", "ns3"]), wanted=_LABELS)
+def test_select_by_the_label_index_equals_a_scan_of_every_object(steps, namespace, wanted):
+    """The index `select` uses is kept through lists, updates that change labels and deletes:
+    it finds exactly what a scan of the store with the selector finds, in key order."""
+    cache = WatchCache("pods", source=None, project=dict)
+    rv = 0
+    for step in steps:
+        rv += 1
+        if step[0] == "list":
+            items = {(ns, n): {"metadata": {"namespace": ns, "name": n, "labels": labels, "resourceVersion": str(rv)}}
+                     for ns, n, labels in step[1]}
+            cache.apply_list(ALL_NAMESPACES, list(items.values()), str(rv))
+        else:
+            ns, n, labels = step[1]
+            cache.apply_event(ALL_NAMESPACES, {"type": step[0], "object": {
+                "metadata": {"namespace": ns, "name": n, "labels": labels, "resourceVersion": str(rv)}}})
+    store = cache._stores[ALL_NAMESPACES]
+    scanned = sorted(
+        (key for key, e in store.objects.items()
+         if e.namespace == namespace and all(e.labels.get(k) == v for k, v in wanted.items())),
+    )
+    assert [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in cache.select(namespace, wanted)] == scanned
+    # And nothing stale is left in the index: every indexed key is an object carrying the term.
+    for (ns, label, value), keys in store.index.items():
+        for key in keys:
+            entry = store.objects[key]
+            assert entry.namespace == ns and (label == "" or entry.labels.get(label) == value)

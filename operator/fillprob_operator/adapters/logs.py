@@ -43,10 +43,13 @@ _STARTUP_RE = re.compile(r"\b(?:" + "|".join(STARTUP_TOKENS) + r")\b.*")
 _CB_RE = re.compile(r"\b" + CIRCUIT_BREAKER_TOKEN + r"\b.*")
 # What the kubelet sends as the log (HTTP 200) when it cannot read the container's log file:
 # k8s.io/cri-client pkg/logs ReadLogs' errors, e.g. `failed to try resolving symlinks in path
-# "/var/log/pods/..."`, `failed to open log file "..."`.
+# "/var/log/pods/..."`, `failed to open log file "..."`, and, while it waits at the end of the
+# file for more, `failed to create fsnotify watcher: too many open files` (its user is out of
+# inotify instances, `fs.inotify.max_user_instances`: one per followed log).
 KUBELET_LOG_FILE_ERROR = re.compile(
-    r'failed to (try resolving symlinks in path|open log file|tail \d+ lines of log file|'
-    r'seek -?\d+ in log file|read log file|reset seek in log file) "'
+    r'failed to (?:(?:try resolving symlinks in path|open log file|tail \d+ lines of log file|'
+    r'seek -?\d+ in log file|read log file|reset seek in log file|watch directory) "|'
+    r'create fsnotify watcher: |get parse function: )'
 )
 # `2024-05-01T12:00:00.123456789Z ` (the kubelet writes 9 digits and the node's offset).
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")

@@ -147,6 +147,37 @@ class _Store:
     objects: dict[str, _Entry] = field(default_factory=dict)  # (ns/name) -> its projection
     high_water: int | None = None
     synced: bool = False
+    # (namespace, label, value) -> the keys of the objects carrying it; (namespace, "", "")
+    # -> every key in the namespace. `select` looks up instead of scanning every object.
+    index: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+
+    def put(self, key: str, entry: _Entry) -> None:
+        self.drop(key)
+        self.objects[key] = entry
+        for term in _terms(entry):
+            self.index.setdefault(term, set()).add(key)
+
+    def drop(self, key: str) -> None:
+        old = self.objects.pop(key, None)
+        if old is None:
+            return
+        for term in _terms(old):
+            keys = self.index.get(term)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.index[term]
+
+    def keys(self, namespace: str, match_labels: Mapping[str, str]) -> set[str]:
+        """The keys of the objects in `namespace` carrying every label of `match_labels`."""
+        terms = [(namespace, k, str(v)) for k, v in match_labels.items()] or [(namespace, "", "")]
+        found = sorted((self.index.get(t, set()) for t in terms), key=len)
+        return set(found[0]).intersection(*found[1:])
+
+
+def _terms(entry: _Entry) -> list[tuple[str, str, str]]:
+    namespace = entry.namespace or ""
+    return [(namespace, "", ""), *((namespace, k, str(v)) for k, v in entry.labels.items())]
 
 
 class Source(Protocol):
@@ -209,10 +240,9 @@ class WatchCache:
         scope = self._scope(namespace)
         if scope is None:
             return []
-        wanted = tuple(match_labels.items())
         with self._lock:
-            found = [e for e in self._stores[scope].objects.values()
-                     if e.namespace == namespace and all(e.labels.get(k) == v for k, v in wanted)]
+            store = self._stores[scope]
+            found = [store.objects[key] for key in sorted(store.keys(namespace, match_labels))]
         return [e.thaw() for e in found]
 
     def state(self, namespace: str) -> tuple[bool, int | None]:
@@ -228,13 +258,13 @@ class WatchCache:
 
     def apply_list(self, scope: str, items: Iterable[Mapping[str, Any]], resource_version: str) -> None:
         """A complete list replaces the store: what is not in it is gone."""
-        objects = {}
+        fresh = _Store()
         for item in items:
             meta = item.get("metadata") or {}
-            objects[f"{meta.get('namespace', '')}/{meta.get('name')}"] = _entry(self.project(item))
+            fresh.put(f"{meta.get('namespace', '')}/{meta.get('name')}", _entry(self.project(item)))
         with self._lock:
             store = self._stores[scope]
-            store.objects = objects
+            store.objects, store.index = fresh.objects, fresh.index
             store.high_water = rv_int(resource_version)
             store.synced = store.high_water is not None
 
@@ -248,9 +278,9 @@ class WatchCache:
             if kind in ("ADDED", "MODIFIED"):
                 old = store.objects.get(key)
                 if old is None or rv is None or (old.resource_version or 0) <= rv:
-                    store.objects[key] = _entry(self.project(obj))
+                    store.put(key, _entry(self.project(obj)))
             elif kind == "DELETED":
-                store.objects.pop(key, None)
+                store.drop(key)
             elif kind != "BOOKMARK":
                 return
             if rv is not None and (store.high_water is None or rv > store.high_water):

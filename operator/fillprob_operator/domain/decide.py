@@ -76,9 +76,13 @@ def decide(
     generation: int,
     name: str,
     namespace: str,
+    scratch: RolloutStatus | None = None,
 ) -> Decision:
-    """The next status and actions for one FillProbRollout (see the module docstring)."""
-    t = Tick(spec, status, observations, utc_seconds(now), generation, name, namespace)
+    """The next status and actions for one FillProbRollout (see the module docstring).
+
+    `status` is never changed. `scratch`, if given, is a second copy equal to `status` that
+    decide may change (e.g. the same dict parsed twice): then `status` is not deep-copied."""
+    t = Tick(spec, status, observations, utc_seconds(now), generation, name, namespace, scratch)
     _reconcile(t)
     return _decision(t)
 

@@ -93,6 +93,9 @@ class Tick:
     generation: int
     name: str
     namespace: str
+    # A copy of `original` equal to it that this tick may change (the caller parsed the same
+    # status twice: cheaper than a deep copy); None: `original` is copied here.
+    scratch: RolloutStatus | None = None
     s: RolloutStatus = field(init=False)
     ladder: tuple[Step, ...] = field(init=False)
     container: str | None = field(init=False, default=None)
@@ -108,7 +111,12 @@ class Tick:
     def __post_init__(self) -> None:
         # A deep copy (`model_copy(deep=True)`'s), made cheaply: the working copy never shares
         # a mutable part with `original`, which `_decision` compares it against.
-        self.s = clone_model(self.original) if self.original else RolloutStatus()
+        if self.original is None:
+            self.s = RolloutStatus()
+        elif self.scratch is not None and self.scratch is not self.original:
+            self.s = self.scratch
+        else:
+            self.s = clone_model(self.original)
         self.ladder = build_ladder(self.spec)
 
     # -- the ladder --------------------------------------------------------------------
