@@ -157,12 +157,19 @@ def test_a_lagging_watch_delays_a_step_and_never_changes_it(world):
     asyncio.run(scenario())
 
 
-def test_caches_that_never_saw_the_rollouts_last_write_are_not_read(world):
+def test_caches_that_never_saw_the_rollouts_last_write_are_not_read_by_a_daemons_first_tick(world):
+    """A daemon's first observation waits for caches that reach the rollout's resourceVersion
+    (another process may have written both); later ones only for the last observation's."""
     cluster, clock, prometheus, memo, feed = world
 
     async def scenario():
         await to_shadow_observing(cluster, clock, prometheus, memo, feed)
-        cluster.touch("FillProbRollout", NS, NAME)  # e.g. someone annotated it: a newer floor
+        cluster.touch("FillProbRollout", NS, NAME)  # e.g. someone annotated it: a newer rollout
+        before = reads(cluster)
+        await tick(memo, clock)
+        assert reads(cluster) == before  # as of the last observation: the caches answer
+        memo.kube.forget_rollout(NS, NAME)  # the daemon stopped (a pause, a restart) and starts again
+        cluster.touch("FillProbRollout", NS, NAME)
         before = reads(cluster)
         await tick(memo, clock)
         assert reads(cluster)["read_deployment"] == before["read_deployment"] + 1
@@ -195,6 +202,8 @@ def test_replica_sets_and_pods_are_never_older_than_the_deployment_they_are_judg
     pods = cluster.roll_out(NS, "grinder", log=f"{RESOLUTION_OK}\n")  # new RS, 3 new pods; not delivered
     cluster.touch("FillProbRollout", NS, NAME)
     floor = int(cluster.get("FillProbRollout", NS, NAME)["metadata"]["resourceVersion"])
+    assert len(asyncio.run(observe(floor)).new_pods) == 2 and reads(cluster) == {}  # as of the last one
+    adapter.forget_rollout(NS, NAME)  # a daemon's first observation: as of the rollout
     seen = asyncio.run(observe(floor))
     assert [p.pod for p in seen.new_pods] == pods
     assert reads(cluster) == {"read_deployment": 1, "list_replica_sets": 1, "list_pods": 1}

@@ -224,14 +224,14 @@ def adapter_with(cache) -> KubernetesAdapter:
                              caches=Caches(deployments=cache))
 
 
-def observe(adapter, cache, floor, server):
+def observe(adapter, cache, floor, server, as_of=None):
     reads = []
 
     async def read():
         reads.append(1)
         return copy.deepcopy(server.get("a"))
 
-    seen = asyncio.run(adapter._cached_or_read("Deployment", cache, NS, "a", floor, read))
+    seen = asyncio.run(adapter._cached_or_read("Deployment", cache, NS, "a", floor, read, as_of))
     return seen, bool(reads)
 
 
@@ -265,12 +265,17 @@ STEPS = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(STEPS)
-def test_an_observation_is_never_older_than_the_tick_nor_our_write_and_equals_a_read_once_delivered(steps):
+@given(STEPS, st.booleans())
+def test_an_observation_is_never_older_than_the_tick_nor_our_write_and_equals_a_read_once_delivered(steps, remember):
     """One Deployment "a" and the rollout, one resourceVersion counter. Writes by others and by
     us, status writes (the tick's floor), deletions; the watch delivers late, drops, re-lists.
-    Each observation is a version that was current at or after both the floor and our last
-    write; with every event delivered and the watch up, it equals a direct read."""
+    Each observation is a version that was current at or after both its floor and our last
+    write; with every event delivered and the watch up, it equals a direct read.
+
+    `remember`: as `observe_deployment` does, the floor after the first observation is the
+    resourceVersion as of which the last one was made (`as_of`), not the rollout's: then each
+    observation is also never older than the one before, and is the object as of what `as_of`
+    says (the version current at that resourceVersion)."""
     rv = 10
     server = {"a": obj("a", rv, spec={"n": 0})}
     history = [(rv, copy.deepcopy(server["a"]))]  # (rv, the object from then on; None = gone)
@@ -281,6 +286,10 @@ def test_an_observation_is_never_older_than_the_tick_nor_our_write_and_equals_a_
     cache.apply_list(NS, [copy.deepcopy(server["a"])], str(rv))
     adapter = adapter_with(cache)
     our_last: int | None = None
+    as_of: dict[str, int] = {}
+
+    def current_at(at):
+        return [version for moment, version in history if moment <= at][-1]
 
     def write(spec, ours):
         nonlocal rv, our_last
@@ -319,8 +328,11 @@ def test_an_observation_is_never_older_than_the_tick_nor_our_write_and_equals_a_
             cache.apply_list(NS, [copy.deepcopy(server["a"])] if "a" in server else [], str(rv))
             delivered = len(log)
         elif kind == "observe":
-            seen, _ = observe(adapter, cache, floor, server)
-            lower = max(floor, our_last or 0)
+            tick_floor = as_of.get("Deployment", floor) if remember else floor
+            seen, _ = observe(adapter, cache, tick_floor, server, as_of if remember else None)
+            lower = max(tick_floor, our_last or 0)
+            if remember and seen is not None:
+                assert current_at(as_of["Deployment"]) == seen, (seen, as_of, history)
             # The version seen was the current one at some moment at or after `lower`: it is
             # the current one, or the write that replaced it came after `lower`.
             moments = [at for at, version in history if version == seen]

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from .clock import SystemClock
 from .logs import IDLE_READ_SECONDS, KUBELET_LOG_FILE_ERROR, LogFollower
 from .watches import (
+    WATCH_KEEPALIVE,
     ClientSource,
     WatchCache,
     newer,
@@ -542,6 +543,25 @@ def _floor(*rvs: int | None) -> int | None:
     return max(rvs)  # type: ignore[type-var]
 
 
+def _as_of_floor(as_of: Mapping[str, int], kind: str, floor: int | None) -> int | None:
+    """The floor a rollout's observation of `kind` must reach: the resourceVersion as of which
+    its last one was made, or on the first (no last one) `floor`, the rollout's.
+
+    Not the rollout's every time: its own status writes move it past a cache whose kind is
+    quiet, and that cache would then never answer (a bookmark carries the API server's watch
+    cache's resourceVersion, which moves only with that kind). What the rule promises: an
+    observation is never older than this process's last one of that kind for the rollout,
+    nor than our own writes (`_written`), nor, on the daemon's first tick, than the rollout.
+    The status is written only by this process while its daemon runs here, from
+    observations and writes older than each later observation: so it never describes a
+    Deployment newer than the one the next tick sees. A daemon that starts (a restart, a
+    takeover from another replica, a peering pause) has no last observation: it begins
+    from the rollout's resourceVersion, which covers what the other process wrote."""
+    if floor is None:
+        return None
+    return as_of.get(kind, floor)
+
+
 class KubernetesAdapter:
     """CoreV1 / AppsV1 / BatchV1 / CustomObjects, each call in `executor` with a timeout."""
 
@@ -569,6 +589,9 @@ class KubernetesAdapter:
         # or create returned) or, for FillProbRollouts, also read: a cache that has not
         # delivered it yet is never read as if it had not happened (`_cached_or_read`).
         self._written: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (namespace, rollout) -> kind -> the resourceVersion as of which the rollout's last
+        # observation of that kind was made (`observe_deployment`): its next one is never older.
+        self._as_of: dict[tuple[str, str], dict[str, int]] = {}
         self._to_dict = to_dict
         self._executor = executor
         self._timeout = timeout
@@ -783,7 +806,7 @@ class KubernetesAdapter:
 
     async def _cached_or_read(
         self, kind: str, cache: Any, namespace: str, name: str, floor: int | None,
-        read: Callable[[], Any],
+        read: Callable[[], Any], as_of: dict[str, int] | None = None,
     ) -> dict[str, Any] | None:
         """The object from its cache when that cannot be older than what the tick holds (`floor`,
         the FillProbRollout's resourceVersion) nor than our own last write to it; else `read()`.
@@ -791,30 +814,54 @@ class KubernetesAdapter:
         Proof sketch (docs/performance.md, "Watch-backed caches"): a fresh cache has seen every write up to its
         high-water mark H >= floor. If it also has seen our write (H >= W), it alone is the
         object as of H. Else, when it holds the object, the newer of (cached, written) is the
-        object as of max(H, W): a write after W and before H would be in the cache."""
+        object as of max(H, W): a write after W and before H would be in the cache.
+
+        `as_of`, if given, gets `kind` -> the resourceVersion as of which the answer is the
+        object (H, max(H, W), or for a direct read the newer of `floor` and the object's)."""
+
+        async def direct() -> dict[str, Any] | None:
+            found = await read()
+            if as_of is not None and floor is not None:
+                as_of[kind] = max(floor, rv_int(found) or 0) if found is not None else floor
+            return found
+
+        def cached_as_of(*more: int | None) -> None:
+            if as_of is not None:
+                as_of[kind] = max([cache.state(namespace)[1] or 0, *(m or 0 for m in more)])
+
         if cache is None or floor is None:
-            return await read()
+            return await direct()
         written = self._written.get((kind, namespace, name))
         written_rv = rv_int(written) if written is not None else None
         if written is not None and written_rv is None:
-            return await read()
+            return await direct()
         if cache.fresh(namespace, _floor(floor, written_rv) if written is not None else floor):
             self._written.pop((kind, namespace, name), None)  # the cache has it now
-            return cache.get(namespace, name)
+            found = cache.get(namespace, name)
+            cached_as_of()
+            return found
         if cache.fresh(namespace, floor) and written is not None:
             cached = cache.get(namespace, name)
             best = newer(cached, written) if cached is not None else None
             if best is not None:
+                cached_as_of(written_rv)
                 return copy.deepcopy(dict(best))
-        return await read()
+        return await direct()
 
     async def _selected_or_listed(
         self, cache: Any, namespace: str, match_labels: Mapping[str, str], floor: int | None,
-        listing: Callable[[], Any],
+        listing: Callable[[], Any], as_of: tuple[dict[str, int], str] | None = None,
     ) -> list[dict[str, Any]]:
+        """As `_cached_or_read`, for the objects a label selector selects (no writes of ours)."""
         if cache is not None and cache.fresh(namespace, floor):
-            return cache.select(namespace, match_labels)
-        return await listing()
+            found = cache.select(namespace, match_labels)
+            if as_of is not None:
+                as_of[0][as_of[1]] = cache.state(namespace)[1] or 0
+            return found
+        found = await listing()
+        if as_of is not None and floor is not None:
+            as_of[0][as_of[1]] = max([floor, *(rv_int(o) or 0 for o in found)])
+        return found
 
     async def observe_deployment(
         self, namespace: str, name: str, container_name: str | None, *, rollout: str | None = None,
@@ -823,11 +870,14 @@ class KubernetesAdapter:
         """The Deployment and its newest ReplicaSet's pods; their logs are followed for
         `rollout` (whose daemon a resolution or circuit-breaker line wakes). `floor`: the
         resourceVersion of the FillProbRollout the tick decides on; caches that have not seen
-        that far are not read (watches.py `fresh`)."""
+        that far are not read (watches.py `fresh`), except after this rollout's first
+        observation: then each kind's next observation is never older than its last one (see
+        `_as_of_floor`)."""
         owner = (namespace, rollout or name)
+        as_of = self._as_of.setdefault(owner, {})
         deployment = await self._cached_or_read(
-            "Deployment", self.caches.deployments, namespace, name, floor,
-            lambda: self.read_deployment(namespace, name),
+            "Deployment", self.caches.deployments, namespace, name, _as_of_floor(as_of, "Deployment", floor),
+            lambda: self.read_deployment(namespace, name), as_of,
         )
         if deployment is None:
             await self._follow(owner, namespace, (), "")
@@ -837,9 +887,7 @@ class KubernetesAdapter:
         status = deployment.get("status") or {}
         new_pods: tuple[PodStartup, ...] = ()
         if container is not None:
-            new_pods = await self._new_pods(
-                owner, namespace, deployment, container["name"], _floor(floor, rv_int(deployment))
-            )
+            new_pods = await self._new_pods(owner, namespace, deployment, container["name"], floor, as_of)
         else:
             await self._follow(owner, namespace, (), "")
             message = f"container {container_name!r} not found; {message}"
@@ -859,8 +907,10 @@ class KubernetesAdapter:
         )
 
     def forget_rollout(self, namespace: str, name: str) -> None:
-        """The rollout's daemon stopped here: its pods' log streams stop."""
+        """The rollout's daemon stopped here: its pods' log streams stop, and a daemon that
+        starts for it again (here, after a pause) begins from the rollout's resourceVersion."""
         self.logs.forget((namespace, name))
+        self._as_of.pop((namespace, name), None)
 
     async def _follow(
         self, owner: tuple[str, str], namespace: str, pods: Iterable[Mapping[str, Any]], container: str
@@ -872,16 +922,20 @@ class KubernetesAdapter:
 
     async def _new_pods(
         self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str,
-        floor: int | None = None,
+        floor: int | None = None, as_of: dict[str, int] | None = None,
     ) -> tuple[PodStartup, ...]:
-        """`floor`: the newest resourceVersion of the rollout and the Deployment; the
-        ReplicaSets and pods are then never older than the Deployment they are judged against
-        (as with direct reads, made after the Deployment's)."""
+        """`floor`: the rollout's resourceVersion (`_as_of_floor`); the ReplicaSets and pods
+        are also never older than the Deployment they are judged against (as with direct
+        reads, made after the Deployment's)."""
+        as_of = {} if as_of is None else as_of
+        dep_rv = rv_int(deployment)
         match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         selector = label_selector(match_labels)
         replica_sets = await self._selected_or_listed(
-            self.caches.replica_sets, namespace, match_labels, floor,
+            self.caches.replica_sets, namespace, match_labels,
+            _floor(_as_of_floor(as_of, "ReplicaSet", floor), dep_rv),
             lambda: self._list(self.apps.list_namespaced_replica_set, namespace, label_selector=selector),
+            (as_of, "ReplicaSet"),
         )
         newest = newest_replica_set(deployment, replica_sets)
         pods: list[dict[str, Any]] = []
@@ -889,8 +943,10 @@ class KubernetesAdapter:
             rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
             pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
             pods = replica_set_pods(newest, await self._selected_or_listed(
-                self.caches.pods, namespace, {**match_labels, POD_TEMPLATE_HASH: rs_hash}, floor,
+                self.caches.pods, namespace, {**match_labels, POD_TEMPLATE_HASH: rs_hash},
+                _floor(_as_of_floor(as_of, "Pod", floor), dep_rv),
                 lambda: self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector),
+                (as_of, "Pod"),
             ))
         logs = await self._follow(owner, namespace, pods, container)
         startups = []
@@ -1109,8 +1165,13 @@ def build_adapter(
     streams_configuration = copy.deepcopy(configuration)
     streams_configuration.connection_pool_maxsize = log_streams
     streams_configuration.keep_alive = True
-    # Watches too hold a connection each while they run (4 kinds per watched namespace).
+    # Watches too hold a connection each while they run (5 kinds per watched namespace); a dead
+    # peer is found by keepalive within about a minute (watches.py, WATCH_KEEPALIVE).
     watch_configuration = copy.deepcopy(streams_configuration)
+    from kubernetes.utils.keepalive import tcp_keepalive_socket_options
+
+    idle, interval, count_ = WATCH_KEEPALIVE
+    watch_configuration.socket_options = tcp_keepalive_socket_options(idle=idle, interval=interval, count=count_)
     configuration.connection_pool_maxsize = pool_size
     api_client = client.ApiClient(configuration)
     streams_client = client.ApiClient(streams_configuration)
