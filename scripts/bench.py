@@ -197,6 +197,17 @@ class Operator:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
+    def run_queue_seconds(self) -> float:
+        """Seconds the operator's threads waited for a CPU, runnable (schedstat's second field,
+        summed over its threads alive now): how starved the machine left it."""
+        waited = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                waited += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+        return waited / 1e9
+
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -359,9 +370,10 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling {args.settle:.0f}s")
         time.sleep(args.settle)
 
-        m0, c0, w0 = op.metrics(), op.cpu_seconds(), time.monotonic()
+        m0, c0, w0, q0 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds()
         time.sleep(args.window)
-        m1, c1, w1 = op.metrics(), op.cpu_seconds(), time.monotonic()
+        m1, c1, w1, q1 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds()
+        load = os.getloadavg()[0]
         rss = op.rss_mib()
         # Steady means steady: every rollout still Observing with its metrics at the end.
         still = world.observing(namespaces, "Shadow", 0) or 0
@@ -382,6 +394,9 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             "requests_by_kind": {key: round(v, 1) for key, v in sorted(by_verb.items()) if v},
             "queries_per_interval": queries / intervals, "samples_per_interval": samples / intervals,
             "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000, "observing_after_window": still,
+            # The machine, not the operator: the load average at the window's end, and the time
+            # the operator's threads spent runnable but waiting for a CPU (per second of window).
+            "machine_load_1m": round(load, 1), "operator_run_queue_share": round((q1 - q0) / elapsed, 3),
         }
         log(f"N={n}: steady state {json.dumps(row)}")
         row.update(detect(world, op, probe_ns, args, rng))
@@ -471,6 +486,10 @@ def table(rows: list[dict], interval: str) -> str:
             f"of a core, RSS {1024 * (b['rss_mib'] - a['rss_mib']) / dn:.0f} KiB, "
             f"Prometheus samples {(b['samples_per_interval'] - a['samples_per_interval']) / dn:.1f} per interval.")
     lines.append(f"(interval {interval}; requests by kind at the largest N: {json.dumps(rows[-1]['requests_by_kind'])})")
+    lines.append("Machine load (1 min) at the window's end / operator threads runnable but waiting for a CPU, "
+                 "seconds per second: " + ", ".join(
+                     f"N={r['n']}: {r.get('machine_load_1m', float('nan'))} / {r.get('operator_run_queue_share', float('nan'))}"
+                     for r in rows))
     unsteady = {r["n"]: r["observing_after_window"] for r in rows if r["observing_after_window"] != r["n"]}
     if unsteady:
         lines.append(f"Rollouts still Observing after the window, where fewer than N: {unsteady}")

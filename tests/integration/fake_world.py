@@ -348,6 +348,9 @@ class _Api:
         self.c.record("patch_deployment")
         assert kw.get("_content_type") == "application/strategic-merge-patch+json"
         dep = self.c.get("Deployment", namespace, name)
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != dep["metadata"].get("resourceVersion"):
+            raise ApiException(status=409, reason="Conflict")  # the API server's precondition
         patched = apply_strategic_merge(dep, body)
         if patched["spec"] != dep["spec"]:
             patched["metadata"]["generation"] = dep["metadata"]["generation"] + 1

@@ -352,3 +352,43 @@ def test_the_daemon_reads_the_rollout_directly_first_then_from_the_cache(world):
         await asyncio.wait_for(daemon, 5)
 
     asyncio.run(scenario())
+
+
+# -- the env patch starts from what the tick observed ------------------------------------------
+
+
+def test_the_env_patch_starts_from_the_observed_deployment_on_condition_that_it_is_still_current():
+    """No read between the tick's observation and its patch while the Deployment is as observed
+    (its resourceVersion travels in the patch); changed meanwhile, the API server refuses (409)
+    and it is read again, so a restart token someone else's change left is never patched twice."""
+    from fillprob_operator.domain.actions import PatchEnv
+
+    cluster, clock = FakeCluster(), FakeClock()
+    cluster.put("Deployment", deployment_body())
+    adapter = cluster.adapter(clock)
+
+    def patch(token):
+        return asyncio.run(adapter.patch_env(NS, "grinder", PatchEnv(
+            container="grinder", set_env={"GRINDER_FILL_MODEL_ENFORCE": token}, restart_token=token)))
+
+    def observe():
+        asyncio.run(adapter.observe_deployment(NS, "grinder", "grinder", rollout=NAME, floor=None))
+
+    observe()
+    assert (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (1, 0)
+    assert patch("t1") is True
+    assert (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (1, 1)  # no read
+    assert cluster.last_deployment_patch["metadata"]["resourceVersion"]  # the condition travelled
+    observe()
+    cluster.touch("Deployment", NS, "grinder")  # someone else's change after the observation
+    assert patch("t2") is True
+    # The conditional patch refused, the Deployment read again, patched without a condition.
+    assert (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (3, 3)
+    assert "metadata" not in cluster.last_deployment_patch
+    assert cluster.get("Deployment", NS, "grinder")["spec"]["template"]["metadata"]["annotations"][
+        "grinder.io/restart-token"] == "t2"
+    # An observation that already carries the token (a run that got as far as the patch): no patch.
+    observe()
+    assert patch("t2") is False and cluster.calls["patch_deployment"] == 3
+    # No observation (a first tick, or one that found no Deployment): read first, as before.
+    assert patch("t3") is True and (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (5, 4)

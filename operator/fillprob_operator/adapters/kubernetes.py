@@ -543,6 +543,10 @@ def _floor(*rvs: int | None) -> int | None:
     return max(rvs)  # type: ignore[type-var]
 
 
+class _Stale(Exception):
+    """The Deployment changed since the tick observed it (409 on a conditional patch)."""
+
+
 def _as_of_floor(as_of: Mapping[str, int], kind: str, floor: int | None) -> int | None:
     """The floor a rollout's observation of `kind` must reach: the resourceVersion as of which
     its last one was made, or on the first (no last one) `floor`, the rollout's.
@@ -592,6 +596,9 @@ class KubernetesAdapter:
         # (namespace, rollout) -> kind -> the resourceVersion as of which the rollout's last
         # observation of that kind was made (`observe_deployment`): its next one is never older.
         self._as_of: dict[tuple[str, str], dict[str, int]] = {}
+        # (namespace, Deployment) -> the Deployment the last tick observed: `patch_env` patches
+        # from it, on condition that it is still current, instead of reading it again.
+        self._observed: dict[tuple[str, str], dict[str, Any]] = {}
         self._to_dict = to_dict
         self._executor = executor
         self._timeout = timeout
@@ -880,8 +887,10 @@ class KubernetesAdapter:
             lambda: self.read_deployment(namespace, name), as_of,
         )
         if deployment is None:
+            self._observed.pop((namespace, name), None)
             await self._follow(owner, namespace, (), "")
             return DeploymentObservation(exists=False, rollout_message=f"Deployment {name!r} not found")
+        self._observed[(namespace, name)] = deployment
         container = managed_container(deployment, container_name)
         complete, message = rollout_status(deployment)
         status = deployment.get("status") or {}
@@ -992,12 +1001,27 @@ class KubernetesAdapter:
     async def patch_env(self, namespace: str, name: str, action: PatchEnv) -> bool:
         """Apply the env change and restart marker; False when already applied (or gone).
 
-        Re-reads the Deployment first: if it already carries `action.restart_token`, a previous
-        run of this step got as far as the patch (crash safety), so nothing is done twice.
+        Starts from the Deployment as it is now: if it already carries `action.restart_token`,
+        a previous run of this step got as far as the patch (crash safety), so nothing is done
+        twice. "As it is now" is the Deployment this tick observed, on condition that it still is
+        (its `resourceVersion` in the patch: the API server refuses it with 409 Conflict if the
+        Deployment changed since, then it is read again); without one, it is read first. One
+        request less on the way to a rollback.
         """
+        observed = self._observed.pop((namespace, name), None)
+        if observed is not None and rv_int(observed) is not None:
+            try:
+                return await self._patch_env_from(namespace, name, action, observed, precondition=True)
+            except _Stale:
+                pass
         deployment = await self.read_deployment(namespace, name)
         if deployment is None:
             return False
+        return await self._patch_env_from(namespace, name, action, deployment, precondition=False)
+
+    async def _patch_env_from(
+        self, namespace: str, name: str, action: PatchEnv, deployment: Mapping[str, Any], *, precondition: bool
+    ) -> bool:
         if action.restart_token and restart_token(deployment) == action.restart_token:
             return False
         container = managed_container(deployment, action.container)
@@ -1008,6 +1032,8 @@ class KubernetesAdapter:
             # Nothing to set and no token (a status whose restart has an empty token): an
             # empty patch is a write per tick that changes nothing.
             return False
+        if precondition:
+            body["metadata"] = {"resourceVersion": _meta(deployment)["resourceVersion"]}
         try:
             after = self._to_dict(
                 await self._call(
@@ -1018,6 +1044,8 @@ class KubernetesAdapter:
                 )
             )
         except ApiException as exc:
+            if exc.status == 409 and precondition:
+                raise _Stale() from exc
             if exc.status == 404:
                 return False
             raise KubernetesError(f"patch Deployment {namespace}/{name}: {exc.status} {exc.reason}") from exc
