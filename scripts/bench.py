@@ -396,6 +396,9 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000, "observing_after_window": still,
             # The machine, not the operator: the load average at the window's end, and the time
             # the operator's threads spent runnable but waiting for a CPU (per second of window).
+            "prometheus_query_mean_ms": round(1000 * (
+                total(m1, "fillprob_rollout_prometheus_query_seconds_sum")
+                - total(m0, "fillprob_rollout_prometheus_query_seconds_sum")) / max(1.0, queries), 1),
             "machine_load_1m": round(load, 1), "operator_run_queue_share": round((q1 - q0) / elapsed, 3),
         }
         log(f"N={n}: steady state {json.dumps(row)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
@@ -339,6 +340,7 @@ class Reconciler:
         # Watch-backed caches answer only when they have seen at least as far as this body
         # (adapters/watches.py): what the status says happened is never newer than what we see.
         floor = rv_int(body)
+        started = time.monotonic()
         deployment, metrics, preflight = await asyncio.gather(
             self.kube.observe_deployment(
                 namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
@@ -366,6 +368,7 @@ class Reconciler:
         )
 
         previous_state = raw_status.get("state", "")
+        observed = time.monotonic()
         try:
             decision = self.domain.decide(
                 spec, status, observations, now,
@@ -378,6 +381,7 @@ class Reconciler:
                 self.metrics.gate_evaluations.labels(GATE_ERROR).inc()
             raise
 
+        decided = time.monotonic()
         result = await self.executor.execute(
             ExecutionContext(
                 namespace=namespace,
@@ -392,6 +396,10 @@ class Reconciler:
             ),
             decision,
         )
+        # Where a transition's time went (the log line): observing (reads, the Prometheus
+        # answer), deciding, acting (status, env patch, Events).
+        timings = {"observe_ms": 1000 * (observed - started), "decide_ms": 1000 * (decided - observed),
+                   "act_ms": 1000 * (time.monotonic() - decided)}
         # Only now, with the status that records them written: remove the stored alerts that
         # decide() took. One it did not look at (suspended, Deployment missing) stays.
         taken = taken_request_keys(result.status)
@@ -415,7 +423,7 @@ class Reconciler:
             {str(c.get("type")): str(c.get("status")) for c in new.get("conditions") or () if c.get("type")},
         )
         if result.status_refused is None:  # else the executor said what ran (status_not_written)
-            self._log_transition(namespace, name, raw_status, new, result)
+            self._log_transition(namespace, name, raw_status, new, result, timings)
         return TickOutcome(interval, phase=phase, state=state)
 
     async def _remove_alerts(self, namespace: str, name: str, annotations: list[str]) -> None:
@@ -441,7 +449,8 @@ class Reconciler:
 
     @staticmethod
     def _log_transition(
-        namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any], result: Any
+        namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any], result: Any,
+        timings: Mapping[str, float] | None = None,
     ) -> None:
         before = (old.get("phase"), old.get("step"), old.get("state"))
         after = (new.get("phase"), new.get("step"), new.get("state"))
@@ -455,6 +464,7 @@ class Reconciler:
             action=last.get("action"), reason=last.get("reason"),
             playbook=(result.rollback or {}).get("playbook"),
             env_patched=result.env_patched_at is not None,
+            **{k: f"{v:.0f}" for k, v in (timings or {}).items()},
         ))
 
     async def _invalid_spec(
