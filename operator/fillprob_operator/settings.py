@@ -43,7 +43,7 @@ class Settings:
     # Threads for the blocking Kubernetes and Prometheus clients.
     io_threads: int = 16
     # Pod logs followed at once (one thread and one connection each); a pod past it is missing data.
-    log_streams: int = 200
+    log_streams: int = 1000
     # FillProbRollouts, Deployments, ReplicaSets, Pods and Jobs of the watched namespaces from
     # watch-backed caches (adapters/watches.py); off: every tick reads them directly.
     watch_caches: bool = True
@@ -99,6 +99,6 @@ class Settings:
             peering_priority=priority,
             peering_lifetime=int(lifetime_text),
             io_threads=max(2, int(env.get("FILLPROB_IO_THREADS", "16"))),
-            log_streams=max(1, int(env.get("FILLPROB_LOG_STREAMS", "200"))),
+            log_streams=max(1, int(env.get("FILLPROB_LOG_STREAMS", "1000"))),
             watch_caches=env.get("FILLPROB_WATCH_CACHES", "on").strip().lower() not in ("off", "0", "false", "no"),
         )

@@ -14,8 +14,10 @@ when it cannot be trusted: that is `fresh()`.
 
 The trust rule, one place (`fresh`): a namespace's store is used only while its watch is up
 (synced: listed, and no error since) and its high-water mark (the newest resourceVersion a list,
-event or bookmark delivered) is at least the `floor` the caller gives, the resourceVersion of the
-newest object the tick already holds (the FillProbRollout it decides on, the Deployment). etcd
+event or bookmark delivered) is at least the `floor` the caller gives: on a daemon's first tick
+the resourceVersion of the newest object the tick already holds (the FillProbRollout it decides
+on, the Deployment), after it the one as of which the rollout's last observation of that kind
+was made (kubernetes.py, `_as_of_floor`). etcd
 numbers every write with one counter, so such a store reflects every write that happened before
 the tick's own reads, exactly like a direct read made after them. Anything else (resourceVersions
 that are not integers, a store that lags) is `None`: the caller reads directly, as before.
