@@ -387,8 +387,10 @@ def test_the_env_patch_starts_from_the_observed_deployment_on_condition_that_it_
     assert "metadata" not in cluster.last_deployment_patch
     assert cluster.get("Deployment", NS, "grinder")["spec"]["template"]["metadata"]["annotations"][
         "grinder.io/restart-token"] == "t2"
-    # An observation that already carries the token (a run that got as far as the patch): no patch.
+    # An observation that already carries the token (a run that got as far as the patch): read
+    # now to be sure (an observation may be older), and no patch.
     observe()
     assert patch("t2") is False and cluster.calls["patch_deployment"] == 3
+    assert cluster.calls["read_deployment"] == 5
     # No observation (a first tick, or one that found no Deployment): read first, as before.
-    assert patch("t3") is True and (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (5, 4)
+    assert patch("t3") is True and (cluster.calls["read_deployment"], cluster.calls["patch_deployment"]) == (6, 4)

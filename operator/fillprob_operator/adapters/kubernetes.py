@@ -1009,7 +1009,10 @@ class KubernetesAdapter:
         request less on the way to a rollback.
         """
         observed = self._observed.pop((namespace, name), None)
-        if observed is not None and rv_int(observed) is not None:
+        # The token already there is "done" only when read now: an observation may be older.
+        if observed is not None and rv_int(observed) is not None and not (
+            action.restart_token and restart_token(observed) == action.restart_token
+        ):
             try:
                 return await self._patch_env_from(namespace, name, action, observed, precondition=True)
             except _Stale:
