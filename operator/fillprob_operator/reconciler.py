@@ -337,8 +337,9 @@ class Reconciler:
         async def no_preflight() -> None:
             return None
 
-        # Watch-backed caches answer only when they have seen at least as far as this body
-        # (adapters/watches.py): what the status says happened is never newer than what we see.
+        # Watch-backed caches answer only when they have seen at least as far as this body (a
+        # daemon's first tick) or as this rollout's last observation (later ticks; kubernetes.py
+        # `_as_of_floor`): what the status says happened is never newer than what we see.
         floor = rv_int(body)
         started = time.monotonic()
         deployment, metrics, preflight = await asyncio.gather(

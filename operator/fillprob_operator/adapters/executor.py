@@ -152,12 +152,13 @@ class Executor:
         self._clock = clock
 
     async def execute(self, ctx: ExecutionContext, decision: Any) -> ExecutionResult:
+        changed = getattr(decision, "changed", True)
         # Unchanged: the status is the one read (no need to serialize the model again).
-        unchanged = not getattr(decision, "changed", True) and bool(ctx.previous_status)
+        unchanged = not changed and bool(ctx.previous_status)
         decided = dict(ctx.previous_status) if unchanged else dump_status(decision.status)
         result = ExecutionResult(status=decided)
         actions, notice = tuple(decision.actions), None
-        if getattr(decision, "changed", True):
+        if changed:
             actions, notice = await self._write_status(ctx, decided, actions, result)
 
         for action in actions:

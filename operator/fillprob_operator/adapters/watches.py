@@ -115,11 +115,6 @@ def project_job(obj: Mapping[str, Any]) -> dict[str, Any]:
             "status": {"conditions": list(status.get("conditions") or ())}}
 
 
-def labels_match(match_labels: Mapping[str, str], obj: Mapping[str, Any]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in match_labels.items())
-
-
 # -- the store -----------------------------------------------------------------------------
 
 
