@@ -173,6 +173,69 @@ def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(newline, error)
     asyncio.run(scenario())
 
 
+def test_a_log_is_not_readable_between_the_open_and_the_kubelets_error():
+    """The kubelet answers 200 at once and sends its error as the body a moment later (CI:
+    a Canary rolled back RestartTimedOut because a tick came in between and took the hidden log
+    for a readable one without the startup line). Readable only on a log line or after a quiet
+    spell; an error before either keeps the stream missing data throughout."""
+    kubelet = FakeKubelet()
+    follower, _ = follower_for(kubelet, quiet_seconds=0.5)
+    seen: list[bool] = []
+
+    def late_error(namespace, pod, container, since):
+        response = FakeResponse()
+
+        def send():
+            time.sleep(0.2)
+            response.chunks.put(KUBELET_ERRORS[0].encode())
+            response.chunks.put(END)
+
+        threading.Thread(target=send, daemon=True).start()
+        return response
+
+    follower._open = late_error
+
+    async def scenario():
+        seen.append((await look(follower, "p1"))["p1"].readable)  # waits for the first answer
+        end = time.monotonic() + 1.5  # the backoff reopens it: each answer is the late error
+        while time.monotonic() < end:
+            seen.append(follower._streams[("trading", "p1-uid", "grinder")].snapshot().readable)
+            await asyncio.sleep(0.01)
+        follower.close()
+
+    asyncio.run(scenario())
+    assert seen and not any(seen), f"the hidden log counted readable {seen.count(True)} of {len(seen)} times"
+
+
+@pytest.mark.parametrize("ends", [False, True], ids=["quiet", "ended-empty"])
+def test_a_log_with_nothing_to_say_is_readable(ends):
+    """No line and no error: readable once quiet for quiet_seconds (a pod that logs nothing),
+    or at once when the stream ends cleanly (an exited container with an empty log)."""
+    kubelet = FakeKubelet()
+    follower, _ = follower_for(kubelet, quiet_seconds=60 if ends else 0.3)  # ended: not the timer
+
+    def empty(namespace, pod, container, since):
+        response = FakeResponse()
+        if ends:
+            response.chunks.put(END)
+        return response
+
+    follower._open = empty
+
+    async def scenario():
+        started = time.monotonic()
+        log = (await look(follower, "p1"))["p1"]
+        waited = time.monotonic() - started
+        follower.close()
+        return log, waited
+
+    log, waited = asyncio.run(scenario())
+    assert (log.resolution_line, log.circuit_breaker_lines, log.readable) == (None, (), True)
+    if not ends:
+        assert waited >= 0.25, f"readable after {waited:.2f}s: before the quiet spell"
+
+
+
 def test_streams_follow_the_pods_asked_for_and_stop_when_they_go():
     kubelet = FakeKubelet()
     for pod in ("p1", "p2"):

@@ -61,6 +61,11 @@ MAX_TRIP_LINES = 100
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # A stream that ran this long (or delivered a line) before it ended is resumed at once.
 HEALTHY_SECONDS = 5.0
+# An opened stream is readable once it delivers a log line, or once it has been open this long
+# without a byte (a quiet log). Not at the open itself: the kubelet answers 200 and then sends
+# its error as the body, so a tick between the open and that error would take an unreadable log
+# for a readable one without the line (seen in CI: RestartTimedOut while the log was hidden).
+QUIET_SECONDS = 1.0
 # No byte for this long: open the stream again (TCP keepalive finds dead peers sooner).
 IDLE_READ_SECONDS = 3600.0
 # A pod that logs circuit-breaker lines by the thousand wakes its rollout at most this often
@@ -185,6 +190,10 @@ class _Stream:
         self.trips: collections.deque[str] = collections.deque(maxlen=MAX_TRIP_LINES)
         self.readable = False
         self.answered = False
+        # The connection being read (counted from 1) until its read ends; None between them.
+        # Only that connection's first line, or its quiet timer, may call the log readable.
+        self.opened = 0
+        self.live: int | None = None
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.stopping = threading.Event()
         self.response: Any = None
@@ -230,9 +239,11 @@ class LogFollower:
         max_streams: int = 200,
         metrics: Any = None,
         wake: Callable[[str, str], None] | None = None,
+        quiet_seconds: float = QUIET_SECONDS,
     ) -> None:
         self._open = open_stream
         self._max = max_streams
+        self._quiet = quiet_seconds
         self._metrics = metrics
         self._wake = wake
         self._streams: dict[StreamKey, _Stream] = {}
@@ -349,8 +360,15 @@ class LogFollower:
         except RuntimeError:  # the loop is closed (the operator is exiting)
             pass
 
-    def _answer(self, stream: _Stream, readable: bool, error: str = "") -> None:
+    def _arm_quiet(self, stream: _Stream, connection: int) -> None:
+        """In the event loop: the connection opened; call it readable after QUIET_SECONDS of
+        silence (a line calls it readable sooner, an error or a drop before then, never)."""
+        asyncio.get_running_loop().call_later(self._quiet, self._answer, stream, True, "", connection)
+
+    def _answer(self, stream: _Stream, readable: bool, error: str = "", connection: int | None = None) -> None:
         with stream.lock:
+            if connection is not None and (stream.live != connection or (stream.answered and stream.readable)):
+                return  # that connection's read has ended (or it is already readable)
             was = stream.readable if stream.answered else None
             stream.readable = readable
             stream.answered = True
@@ -386,12 +404,16 @@ class LogFollower:
         if decides:
             self._call_in_loop(self._signal, stream)
 
-    def _read(self, stream: _Stream, response: Any) -> None:
-        """Read until the stream ends; raises on a drop."""
+    def _read(self, stream: _Stream, response: Any, connection: int) -> None:
+        """Read until the stream ends; raises on a drop. The first log line (not the kubelet's
+        error) makes the stream readable."""
         splitter = LineSplitter()
         for chunk in response.stream(amt=None, decode_content=False):
-            for raw in splitter.feed(chunk):
+            lines = splitter.feed(chunk)
+            for raw in lines:
                 self._take(stream, raw)
+            if lines and not stream.readable:  # a hint read without the lock; _answer checks
+                self._answer(stream, True, connection=connection)
         rest = splitter.rest
         if parse_timestamp(rest)[0] is None and KUBELET_LOG_FILE_ERROR.match(rest):
             raise LogFileError(rest.strip())
@@ -415,15 +437,19 @@ class LogFollower:
                 continue
             with stream.lock:
                 stream.response = response
+                stream.opened += 1
+                connection = stream.live = stream.opened
             if stream.stopping.is_set():
                 interrupt(response)
                 break
-            self._answer(stream, True)
+            self._call_in_loop(self._arm_quiet, stream, connection)
             started, error = time.monotonic(), ""
             with stream.lock:
                 before = (stream.cursor.last, stream.cursor.at_last)
             try:
-                self._read(stream, response)
+                self._read(stream, response, connection)
+                # Ended cleanly (a container that exited): the kubelet sent the whole log.
+                self._answer(stream, True, connection=connection)
             except ReadTimeoutError:
                 pass  # idle for IDLE_READ_SECONDS: a quiet pod, not a drop; open it again
             except Exception as exc:  # noqa: BLE001 - a drop, a kubelet error
@@ -431,6 +457,7 @@ class LogFollower:
             finally:
                 with stream.lock:
                     stream.response = None
+                    stream.live = None
                 try:
                     response.close()
                 except Exception:  # noqa: BLE001
