@@ -2,7 +2,8 @@
 """What one steady-state tick costs the operator's process: figures, no verdict (issue 10, point 5).
 
 `PYTHONPATH=operator .venv/bin/python scripts/profile_tick.py [--rollouts 300] [--namespaces 10]
-[--interval 2] [--intervals 5] [--daemons-seconds 10] [--top 25] [--no-profile]`
+[--interval 2] [--intervals 5] [--daemons-seconds 10] [--top 25] [--no-profile]
+[--gc-threshold A,B,C]...`
 
 The real `Reconciler`, executor, `KubernetesAdapter` (its watch-backed caches filled from the
 fake API's objects, as their watch threads would), `LogFollower` (one followed stream per pod,
@@ -23,7 +24,8 @@ the real domain (no preflight), then:
    it): the TOP functions by cumulative and by own time.
 3. DAEMONS_SECONDS of the real kopf daemon function (`handlers.rollout`) for every rollout,
    each ticking every INTERVAL, with the event-loop lag probe (`loop_lag.measure_lag`): CPU
-   per second as a share of one core, per rollout, lag p50/p99/max.
+   per second as a share of one core, per rollout, lag p50/p99/max, and the garbage
+   collector's pauses (they stop the loop); again for each `--gc-threshold A,B,C` given.
 
 The machine is shared: compare the figures with each other, within one run.
 """
@@ -275,7 +277,26 @@ async def intervals(world: World, count: int, profiler: cProfile.Profile | None 
     return cpu
 
 
-async def daemons(world: World, seconds: float) -> tuple[float, list[float]]:
+class GcPauses:
+    """The garbage collector's pauses by generation (gc.callbacks): they stop the event loop."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = collections.defaultdict(list)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def report(self, seconds: float) -> str:
+        return "  ".join(
+            f"gen{g}: {len(p) / seconds:.1f}/s, max {max(p) * 1000:.0f} ms, {sum(p) / seconds * 100:.1f} % of the time"
+            for g, p in sorted(self.pauses.items())) or "none"
+
+
+async def daemons(world: World, seconds: float) -> tuple[float, list[float], GcPauses]:
     memo, lags = world.memo, []
     stopped = FakeStopped()
     probe = asyncio.get_running_loop().create_task(loop_lag.measure_lag(lags.append))
@@ -284,15 +305,18 @@ async def daemons(world: World, seconds: float) -> tuple[float, list[float]]:
              for ns, name in world.keys]
     await asyncio.sleep(world.interval)  # every daemon's first (direct) tick is behind us
     lags.clear()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     started, wall = time.process_time(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - started, time.monotonic() - wall
+    gc.callbacks.remove(pauses)
     stopped.set(None)
     for ns, name in world.keys:
         memo.wakeups.wake(ns, name)
     await asyncio.gather(*tasks, return_exceptions=True)
     await loop_lag.stop(probe)
-    return cpu / wall, lags
+    return cpu / wall, lags, pauses
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -310,6 +334,8 @@ async def main() -> None:
     parser.add_argument("--log-streams", type=int, default=1000,
                         help="LogFollower max_streams (the operator's default is 200)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gc-threshold", action="append", default=[],
+                        help="gc.set_threshold(a,b,c) for one more daemons' run (repeatable), e.g. 700,10,10")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -346,13 +372,18 @@ async def main() -> None:
             print(f"\n-- top {args.top} by {key} (calls are for {args.intervals * n} ticks)")
             print(text[text.index("   ncalls"):].rstrip())
 
-    if args.daemons_seconds > 0:
-        share, lags = await daemons(world, args.daemons_seconds)
-        print(f"\n== {n} kopf daemons (handlers.rollout), {args.daemons_seconds:g}s, interval {args.interval:g}s")
+    default_threshold = ",".join(str(t) for t in gc.get_threshold())
+    for threshold in ([default_threshold, *args.gc_threshold] if args.daemons_seconds > 0 else []):
+        gc.set_threshold(*(int(t) for t in threshold.split(",")))
+        share, lags, pauses = await daemons(world, args.daemons_seconds)
+        print(f"\n== {n} kopf daemons (handlers.rollout), {args.daemons_seconds:g}s, interval {args.interval:g}s, "
+              f"gc threshold {threshold}")
         print(f"CPU: {share * 100:.1f} % of one core = {share * 100 / n:.4f} % per rollout "
               f"({share * args.interval / n * 1000:.3f} ms per rollout tick)")
         print(f"event-loop lag (ms, {len(lags)} probes): p50 {quantile(lags, 0.5) * 1000:.1f}  "
               f"p99 {quantile(lags, 0.99) * 1000:.1f}  max {max(lags or [float('nan')]) * 1000:.1f}")
+        print(f"garbage collector's pauses: {pauses.report(args.daemons_seconds)}")
+    gc.set_threshold(*(int(t) for t in default_threshold.split(",")))
 
     await handlers.cleanup(memo=world.memo)
 
