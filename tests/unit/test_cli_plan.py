@@ -110,7 +110,11 @@ def test_plan_picks_rollouts_out_of_a_multi_document_file(tmp_path, capsys):
     assert code == 0 and "FillProbRollout grinder: valid" in out
 
 
-def test_commands_needing_a_cluster_exit_4_without_one(capsys):
+def test_commands_needing_a_cluster_exit_4_without_one(capsys, monkeypatch, tmp_path):
+    # No cluster whatever the shell running the tests has (a testbed's KUBECONFIG exported).
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     code, _, err = run(capsys, "plan", "-f", str(EXAMPLE), "--live")
     assert code == cli.EXIT_UNREACHABLE and "no cluster configured" in err
     assert run(capsys, "status")[0] == cli.EXIT_UNREACHABLE
