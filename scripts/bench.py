@@ -2,7 +2,13 @@
 """`make bench`: the operator at N real rollouts on the testbed. Figures, no verdict.
 
 `.venv/bin/python scripts/bench.py [--sizes 1,10,100,300] [--interval 2s] [--window 60]
-[--probes 10] [--seed S]` (the testbed up: `make testbed-up`; run alone, nothing else on it).
+[--probes 10] [--seed S] [--sim lite|python]` (the testbed up: `make testbed-up`; run alone,
+nothing else on it).
+
+The grinders run `--sim lite` (the default: grinder-lite:local, sim/grinder-lite, a static Go
+binary with the Python simulator's env, log lines, metrics and faults; 300 of them fit on this
+machine) or `--sim python` (grinder-sim:local, sim/grinder/grinder_sim.py; past about 100 they
+saturate 2 cores).
 
 For each N, in namespaces of its own (up to 10, rollouts spread evenly):
 1. N grinder Deployments (1 replica, the simulator at 1 order/s per symbol, its breaker
@@ -54,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 GROUP, VERSION, PLURAL = "grinder.io", "v1alpha1", "fillprobrollouts"
 LOOKBACK = "10s"
+SIM_IMAGES = {"lite": "grinder-lite:local", "python": "grinder-sim:local"}
 MAX_NAMESPACES = 10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -79,13 +86,14 @@ def seconds(duration: str) -> float:
 
 # --- the world ----------------------------------------------------------------------------
 class World:
-    def __init__(self, run: str) -> None:
+    def __init__(self, run: str, image: str) -> None:
         config.load_kube_config()
         self.api = client.ApiClient()
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.run = run
+        self.image = image  # the grinders' simulator (--sim)
         # The CRD as a user installs it (kubectl apply -f crds/), and established before use.
         subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds")],
                        check=True, stdout=subprocess.DEVNULL)
@@ -104,6 +112,7 @@ class World:
         body["spec"]["selector"] = {"matchLabels": {"app": name}}
         body["spec"]["template"]["metadata"]["labels"] = labels
         container = body["spec"]["template"]["spec"]["containers"][0]
+        container["image"] = self.image
         container["env"] += [
             {"name": "GRINDER_SIM_ORDERS_PER_SEC", "value": str(orders_per_sec)},
             {"name": "GRINDER_SIM_SYMBOLS", "value": "SYM1,SYM2,SYM3"},
@@ -521,6 +530,8 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default=str(REPO / ".testbed" / "bench"))
+    parser.add_argument("--sim", choices=sorted(SIM_IMAGES), default="lite",
+                        help="the grinders' simulator: lite (grinder-lite:local, Go) or python (grinder-sim:local)")
     args = parser.parse_args()
     if not re.fullmatch(r"[1-9][0-9]*[sm]", args.interval):
         parser.error(f"--interval {args.interval!r}: want seconds or minutes, like 2s")
@@ -535,18 +546,19 @@ def main() -> None:
     rng = random.Random(seed)
     logs = Path(args.out)
     logs.mkdir(parents=True, exist_ok=True)
-    world = World(uuid.uuid4().hex[:4])
+    world = World(uuid.uuid4().hex[:4], SIM_IMAGES[args.sim])
     commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip()
     log(f"bench run {world.run} at {commit or 'an unknown commit'}: sizes {sizes}, interval {args.interval}, "
         f"window {args.window:.0f}s, "
-        f"{args.probes} probes, seed {seed}; operator logs in {logs}")
+        f"{args.probes} probes, seed {seed}, simulator {args.sim} ({world.image}); operator logs in {logs}")
     rows = []
     for n in sizes:
         rows.append(run_size(world, n, args, rng, logs))
         (logs / "results.json").write_text(json.dumps(rows, indent=1))
     print()
     print(table(rows, args.interval))
+    print(f"Grinders: --sim {args.sim} ({world.image}).")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ declare -F tb_step >/dev/null || . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 TB_IMAGES_DIR="$TB_DIR/images"
 TB_BUILDAH="$TB_CACHE/buildah"
 TB_WHEELS="$TB_CACHE/wheels"
-TB_IMAGES_CTX="$TB_CACHE/image-context"  # generated build contexts (pause, coredns)
+TB_IMAGES_CTX="$TB_CACHE/image-context"  # generated build contexts (pause, coredns, grinder-lite)
 
 # Refs as a pod spec (and containerd's config, for the sandbox) names them. The pause and
 # CoreDNS tags are pinned here and checked against their sources when built.
@@ -38,10 +38,11 @@ TB_COREDNS_TAG="1.13.2"  # github.com/coredns/coredns in testbed/cluster/go.mod
 TB_IMG_PAUSE="localhost/testbed/pause:$TB_PAUSE_TAG"
 TB_IMG_COREDNS="localhost/testbed/coredns:$TB_COREDNS_TAG"
 TB_IMG_GRINDER="grinder-sim:local"
+TB_IMG_GRINDER_LITE="grinder-lite:local"  # sim/grinder-lite, the bench's simulator
 TB_PROJECT_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$TB_REPO/pyproject.toml" | head -1)
 TB_IMG_OPERATOR="fillprob-operator:$TB_PROJECT_VERSION"
 # Archive names (.testbed/images/<name>.tar), in build order.
-TB_IMAGE_NAMES="pause coredns grinder-sim fillprob-operator"
+TB_IMAGE_NAMES="pause coredns grinder-lite grinder-sim fillprob-operator"
 
 # The operator's wheels: CPython 3.11 on x86_64 glibc, as both python:3.11-slim and the
 # Debian base run. pip does not widen a manylinux_2_N platform to older ones by itself.
@@ -294,6 +295,27 @@ step_coredns_context() {
   fi
 }
 
+# The lite grinder simulator (sim/grinder-lite: Go, stdlib only), static for its FROM-scratch
+# image. Compiled again when its sources or the Go toolchain change (the .inputs stamp); the
+# image's own inputs list the same sources and the binary.
+grinder_lite_sources() {
+  (cd "$TB_REPO" && find sim/grinder-lite -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort | tr '\n' ' ')
+}
+
+step_grinder_lite_context() {
+  local out="$TB_IMAGES_CTX/grinder-lite" key log="$TB_CACHE/logs/grinder-lite-go-build.log"
+  command -v go >/dev/null || tb_fail "grinder-lite image" "go not found on PATH (the pause image needs it too)" ""
+  key=$(inputs_hash "$(grinder_lite_sources)" "$(go version)" "CGO_ENABLED=0 -trimpath -ldflags=-s -w")
+  mkdir -p "$out"
+  if [ -x "$out/grinder-lite" ] && [ -f "$out/grinder-lite.inputs" ] && [ "$(cat "$out/grinder-lite.inputs")" = "$key" ]; then
+    return
+  fi
+  (cd "$TB_REPO/sim/grinder-lite" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$out/grinder-lite.tmp" .) >"$log" 2>&1 ||
+    tb_fail "grinder-lite image: go build" "sim/grinder-lite does not build" "$log"
+  mv -f "$out/grinder-lite.tmp" "$out/grinder-lite"
+  echo "$key" >"$out/grinder-lite.inputs"
+}
+
 # ---------------------------------------------------------------- images
 # build_image NAME REF DOCKERFILE CONTEXT INPUTS [BUD_ARGS...]: build REF unless the hash of
 # INPUTS (paths, see inputs_hash), the base image id and BUD_ARGS matches the one stored
@@ -385,11 +407,14 @@ images_build_locked() {
   step_wheels
   step_pause_context
   step_coredns_context
+  step_grinder_lite_context
 
   build_image pause "$TB_IMG_PAUSE" "$TB_SRC/images/pause/Dockerfile" "$TB_IMAGES_CTX/pause" \
     "testbed/images/pause/Dockerfile $TB_IMAGES_CTX/pause/pause"
   build_image coredns "$TB_IMG_COREDNS" "$TB_SRC/images/coredns/Dockerfile" "$TB_IMAGES_CTX/coredns" \
     "testbed/images/coredns/Dockerfile $TB_IMAGES_CTX/coredns/coredns"
+  build_image grinder-lite "$TB_IMG_GRINDER_LITE" "$TB_SRC/images/grinder-lite/Dockerfile" "$TB_IMAGES_CTX/grinder-lite" \
+    "testbed/images/grinder-lite/Dockerfile $(grinder_lite_sources) $TB_IMAGES_CTX/grinder-lite/grinder-lite"
   build_python_images
 
   tb_step "images ready in $TB_IMAGES_DIR ($(( $(date +%s) - t0 ))s):"

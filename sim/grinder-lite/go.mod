@@ -1,0 +1,3 @@
+module grinder-lite
+
+go 1.22
