@@ -77,12 +77,17 @@ tb_fail() {
   exit 1
 }
 
-# tb_pid_alive NAME: true when the pid in pids/NAME.pid is a live process.
+# tb_pid_alive NAME: true when the pid in pids/NAME.pid is a live process. A zombie is not:
+# a killed part the machine's PID 1 has not reaped yet still answers `kill -0`, and
+# restart.sh took that for "already running" and refused to start the API server again
+# (CI, test_chaos_api_server_restarts: the API server then stayed down).
 tb_pid_alive() {
-  local f="$TB_PIDS/$1.pid" pid
+  local f="$TB_PIDS/$1.pid" pid state
   [ -f "$f" ] || return 1
   pid=$(cat "$f" 2>/dev/null) || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] || return 1
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
 }
 
 # tb_wait_until DEADLINE_SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds.
