@@ -82,12 +82,17 @@ tb_fail() {
 # restart.sh took that for "already running" and refused to start the API server again
 # (CI, test_chaos_api_server_restarts: the API server then stayed down).
 tb_pid_alive() {
-  local f="$TB_PIDS/$1.pid" pid state
+  local f="$TB_PIDS/$1.pid" pid
   [ -f "$f" ] || return 1
   pid=$(cat "$f" 2>/dev/null) || return 1
-  [ -n "$pid" ] || return 1
-  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
+  [ -n "$pid" ] && tb_running "$pid"
+}
+
+# tb_running PID: the process exists and is not a zombie waiting for init to reap it.
+tb_running() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
 }
 
 # tb_wait_until DEADLINE_SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds.

@@ -14,12 +14,8 @@ proc_start() {
   echo $(( BTIME + ${20} / CLK_TCK ))
 }
 
-# alive PID: the process exists and is not a zombie waiting for init to reap it.
-alive() {
-  local st
-  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
+# alive PID: running, not a zombie (lib.sh's tb_running).
+alive() { tb_running "$1"; }
 
 # pid_from FILE: print the pid recorded in FILE if that process is alive and not a recycled pid
 # (a process that started after the file was written is someone else's).
