@@ -95,6 +95,17 @@ tb_running() {
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
+# tb_testbed_pids: running processes of any testbed on this machine (this clone's or another's):
+# the binaries a testbed starts from its .testbed/cache/bin, as "PID EXE" lines.
+tb_testbed_pids() {
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe=$(readlink "$p/exe" 2>/dev/null) || continue
+    case "$exe" in */.testbed/cache/bin/*) ;; *) continue ;; esac
+    tb_running "${p#/proc/}" && echo "${p#/proc/} $exe"
+  done
+}
+
 # tb_wait_until DEADLINE_SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds.
 tb_wait_until() {
   local deadline=$(( $(date +%s) + $1 )) what="$2"

@@ -58,7 +58,17 @@ for p in $TB_PORTS; do
 done
 [ -z "$busy" ] || tb_fail "check ports" "already in use:$busy ($(ss -Hltnp | grep -E ":($(echo $busy | tr ' ' '|'))\b" | head -3 | tr '\n' ';'))" ""
 
-ip link show "$TB_BRIDGE" >/dev/null 2>&1 && tb_fail "check network" "the bridge $TB_BRIDGE exists already (make testbed-down removes it)" ""
+# The node's network has fixed names (the bridge, iptables chains, the kubepods cgroups): one
+# testbed per machine. Left by a testbed that is no longer running (a killed session, another
+# clone's testbed whose processes are gone), it is removed; while any testbed runs, up refuses.
+if ip link show "$TB_BRIDGE" >/dev/null 2>&1; then
+  owners=$(tb_testbed_pids)
+  [ -z "$owners" ] || tb_fail "check network" "the bridge $TB_BRIDGE exists and a testbed is running: $(echo "$owners" | head -3 | tr '\n' ';') (make testbed-down in its clone stops it)" ""
+  tb_warn "the bridge $TB_BRIDGE was left by a testbed that no longer runs (no testbed process on this machine); removing its network and cgroups"
+  # As down.sh runs them: without -e (a search that finds nothing is not a failure).
+  (set +e; node_kill_leftovers; node_network_down; node_cgroups_clean)
+  ip link show "$TB_BRIDGE" >/dev/null 2>&1 && tb_fail "check network" "the stale bridge $TB_BRIDGE could not be removed" ""
+fi
 
 mkdir -p "$TB_PKI" "$TB_PIDS" "$TB_LOGS" "$TB_RUN/etcd" \
   "$TB_RUN/prometheus/rules" "$TB_RUN/prometheus/data" "$TB_RUN/alertmanager/data" \
