@@ -127,7 +127,7 @@ def build_runtime(
         watch_namespaces=config.namespaces if config.watch_caches else None,
     )
     memo.gateway = PrometheusGateway(
-        connect=connect or connect_prometheus(config.prometheus_timeout_seconds),
+        connect=connect or connect_prometheus(config.prometheus_timeout_seconds, pool_size=config.io_threads),
         lookback=config.prometheus_lookback,
         timeout=config.prometheus_timeout_seconds,
         executor=memo.io,
