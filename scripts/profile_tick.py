@@ -3,7 +3,7 @@
 
 `PYTHONPATH=operator .venv/bin/python scripts/profile_tick.py [--rollouts 300] [--namespaces 10]
 [--interval 2] [--intervals 5] [--daemons-seconds 10] [--top 25] [--no-profile]
-[--gc-threshold A,B,C]...`
+[--gc-threshold A,B,C]... [--memory]`
 
 The real `Reconciler`, executor, `KubernetesAdapter` (its watch-backed caches filled from the
 fake API's objects, as their watch threads would), `LogFollower` (one followed stream per pod,
@@ -27,12 +27,19 @@ the real domain (no preflight), then:
    per second as a share of one core, per rollout, lag p50/p99/max, and the garbage
    collector's pauses (they stop the loop); again for each `--gc-threshold A,B,C` given.
 
+4. With `--memory`: every allocation traced (tracemalloc) from before the world is built: after
+   the intervals, the live memory by the package that allocated it (the operator, kopf, the
+   kubernetes client, pydantic, the stand-ins of this script, ...), per rollout, and the
+   operator's own top lines. The tracing slows everything: the other figures of such a run are
+   not comparable with a run without it.
+
 The machine is shared: compare the figures with each other, within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import tracemalloc
 import asyncio
 import collections
 import cProfile
@@ -43,6 +50,7 @@ import math
 import pstats
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -319,6 +327,44 @@ async def daemons(world: World, seconds: float) -> tuple[float, list[float], GcP
     return cpu / wall, lags, pauses
 
 
+PACKAGES = (
+    ("operator", "/fillprob_operator/"), ("stand-ins (tests, this script)", "/tests/"),
+    ("stand-ins (tests, this script)", "/scripts/"), ("kopf", "/kopf/"), ("kubernetes client", "/kubernetes/"),
+    ("pydantic", "/pydantic"), ("prometheus_client", "/prometheus_client/"), ("urllib3", "/urllib3/"),
+    ("asyncio", "/asyncio/"), ("threading", "/threading.py"),
+)
+
+
+def package_of(filename: str) -> str:
+    return next((name for name, part in PACKAGES if part in filename), "other")
+
+
+def memory_report(snapshot: tracemalloc.Snapshot, rollouts: int, top: int) -> None:
+    """Live traced memory by the package that allocated it, and the operator's top lines."""
+    by_package: dict[str, int] = collections.Counter()
+    for stat in snapshot.statistics("filename"):
+        by_package[package_of(stat.traceback[0].filename)] += stat.size
+    total = sum(by_package.values())
+    print(f"\n== live memory traced after the intervals: {total / 2**20:.1f} MiB for {rollouts} rollouts "
+          f"(RSS is more: the interpreter, modules loaded before tracing, allocator slack)")
+    for name, size in sorted(by_package.items(), key=lambda item: -item[1]):
+        print(f"  {name:32} {size / 2**20:7.2f} MiB  {size / rollouts / 1024:7.1f} KiB per rollout")
+    print(f"\n-- the operator's top {top} lines by live memory")
+    ours = [stat for stat in snapshot.statistics("lineno") if package_of(stat.traceback[0].filename) == "operator"]
+    for stat in ours[:top]:
+        frame = stat.traceback[0]
+        where = frame.filename[frame.filename.index("fillprob_operator/"):]
+        print(f"  {stat.size / 2**10:9.1f} KiB {stat.count:7d} blocks  {where}:{frame.lineno}")
+
+
+def rss_mib() -> float:
+    """This process's resident set (the stand-ins' objects are in it too: compare runs)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -337,7 +383,10 @@ async def main() -> None:
     parser.add_argument("--gc-threshold", action="append", default=[],
                         help="gc.set_threshold(a,b,c) for one more daemons' run (repeatable), e.g. 700,10,10")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="trace allocations: live memory by package")
     args = parser.parse_args()
+    if args.memory:
+        tracemalloc.start(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
     world = World(args.rollouts, args.namespaces, args.interval, args.log_streams)
@@ -346,6 +395,7 @@ async def main() -> None:
     gc.collect()
     gc.freeze()
     n = len(world.keys)
+    print(f"RSS in steady state: {rss_mib():.0f} MiB, {threading.active_count()} threads")
 
     before = dict(world.cluster.calls)
     cpu = await intervals(world, args.intervals)
@@ -359,6 +409,10 @@ async def main() -> None:
     print(f"  = {statistics.median(per_tick) / args.interval / 10:.4f} % of a core per rollout at a "
           f"{args.interval:g}s interval")
     print(f"fake API requests during them: {made or 'none'}; Prometheus queries: {world.prometheus.calls}")
+
+    if args.memory:
+        memory_report(tracemalloc.take_snapshot(), n, args.top)
+        tracemalloc.stop()
 
     if not args.no_profile:
         profiler = cProfile.Profile()
@@ -383,6 +437,7 @@ async def main() -> None:
         print(f"event-loop lag (ms, {len(lags)} probes): p50 {quantile(lags, 0.5) * 1000:.1f}  "
               f"p99 {quantile(lags, 0.99) * 1000:.1f}  max {max(lags or [float('nan')]) * 1000:.1f}")
         print(f"garbage collector's pauses: {pauses.report(args.daemons_seconds)}")
+        print(f"RSS after them: {rss_mib():.0f} MiB, {threading.active_count()} threads")
     gc.set_threshold(*(int(t) for t in default_threshold.split(",")))
 
     await handlers.cleanup(memo=world.memo)

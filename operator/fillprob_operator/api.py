@@ -63,7 +63,10 @@ class Phase(str, enum.Enum):
 
     @property
     def rank(self) -> int:
-        return list(Phase).index(self)
+        return _PHASE_RANK[self]
+
+
+_PHASE_RANK = {phase: i for i, phase in enumerate(Phase)}
 
 
 class State(str, enum.Enum):
@@ -147,9 +150,16 @@ def _symbol(value: str) -> str:
 Symbol = Annotated[str, AfterValidator(_symbol)]
 
 
+_ZERO = timedelta(0)
+
+
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+    """The instant in UTC (`timezone.utc`), whole seconds; naive = UTC. Every timestamp of a
+    status passes here at every parse: an offset of zero (what Kubernetes and this operator
+    write, parsed by pydantic as its own UTC tzinfo) only swaps the tzinfo."""
+    offset = value.utcoffset()
+    if offset is None or offset == _ZERO:
+        return value.replace(tzinfo=timezone.utc, microsecond=0)
     return value.astimezone(timezone.utc).replace(microsecond=0)
 
 

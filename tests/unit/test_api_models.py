@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from fillprob_operator.api import (
     DEFAULT_PREFLIGHT_COMMAND,
@@ -18,6 +21,8 @@ from fillprob_operator.api import (
     RolloutStatus,
     SpecError,
     State,
+    Timestamp,
+    _utc,
     parse_spec,
     status_from_dict,
 )
@@ -288,3 +293,31 @@ def test_clone_model_is_a_deep_copy_that_shares_nothing_mutable():
     assert status.conditions[0].status == "True"
     assert status.enforced_symbols == status.last_known_good_symbols == ["SYM1"]
     assert clone.history[0].at == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- timestamps
+
+OFFSETS = st.one_of(
+    st.none(),
+    st.just(timezone.utc),
+    st.integers(-23 * 60, 23 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes))),
+)
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)), OFFSETS)
+def test_a_timestamp_is_the_same_instant_in_utc_whole_seconds(value, offset):
+    """Whatever the offset (none = UTC): the instant, its microseconds dropped, tzinfo
+    `timezone.utc` (the fast path for a zero offset must not differ from the general one)."""
+    value = value.replace(tzinfo=offset)
+    expected = (value if offset is not None else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    got = _utc(value)
+    assert got == expected.replace(microsecond=0)
+    assert got.tzinfo is timezone.utc
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)))
+def test_a_timestamp_as_kubernetes_writes_it_parses_to_utc(value):
+    text = value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    got = TypeAdapter(Timestamp).validate_python(text)
+    assert got == value.replace(tzinfo=timezone.utc, microsecond=0)
+    assert got.tzinfo is timezone.utc
