@@ -79,4 +79,5 @@ def sync_conditions(t: Tick) -> None:
     if s.condition(METRICS_AVAILABLE) is None:
         s.conditions = set_condition(s.conditions, METRICS_AVAILABLE, None, Progress.NOT_OBSERVED_YET.value,
                                      "no new pods observed yet", t.now, t.generation)
-    s.conditions = [c.model_copy(update={"observed_generation": t.generation}) for c in s.conditions]
+    s.conditions = [c if c.observed_generation == t.generation else c.model_copy(update={"observed_generation": t.generation})
+                    for c in s.conditions]

@@ -35,9 +35,13 @@ def set_condition(
     """The list with `type_` set; lastTransitionTime moves only when the status flips."""
     word = _status_word(value)
     old = next((c for c in conditions if c.type == type_), None)
-    since = old.last_transition_time if old is not None and old.status == word else now
-    new = Condition(type=type_, status=word, reason=reason, message=message,
-                    last_transition_time=since, observed_generation=generation)
+    if old is not None and (old.status, old.reason, old.message, old.observed_generation) == (
+            word, reason, message, generation):
+        new = old  # unchanged, as at the steady state's every tick: no new model to validate
+    else:
+        since = old.last_transition_time if old is not None and old.status == word else now
+        new = Condition(type=type_, status=word, reason=reason, message=message,
+                        last_transition_time=since, observed_generation=generation)
     rest = [c for c in conditions if c.type != type_]
     ordered = sorted([*rest, new], key=lambda c: CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else 99)
     return ordered
