@@ -2,7 +2,7 @@
 """`make bench`: the operator at N real rollouts on the testbed. Figures, no verdict.
 
 `.venv/bin/python scripts/bench.py [--sizes 1,10,100,300] [--interval 2s] [--window 60]
-[--probes 10] [--seed S] [--sim lite|python]` (the testbed up: `make testbed-up`; run alone,
+[--probes 10] [--seed S] [--sim lite|python] [--ramp 25]` (the testbed up: `make testbed-up`; run alone,
 nothing else on it).
 
 The grinders run `--sim lite` (the default: grinder-lite:local, sim/grinder-lite, a static Go
@@ -15,7 +15,8 @@ For each N, in namespaces of its own (up to 10, rollouts spread evenly):
    unable to trip by block rate), then the operator (`python -m fillprob_operator`, one process,
    watching those namespaces, as a user runs it with `make run`), then N FillProbRollouts with
    target Shadow, no preflight Job, a 24h window, `prometheus.interval` INTERVAL: every
-   rollout guarding, nothing changing (steady state).
+   rollout guarding, nothing changing (steady state). The rollouts are created RAMP at a time,
+   the next batch when these are Shadow Observing (their grinders restarted).
 2. Once all are Shadow Observing with their metrics: WINDOW seconds measured from the outside
    (/proc: CPU, RSS) and from the operator's own /metrics (Kubernetes requests it sent, its
    watches and log streams included; Prometheus queries and samples; event-loop lag).
@@ -377,10 +378,16 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         op = Operator(every, logs / f"operator-{n}.log", pods=n + args.probes)
         wait_for("the operator's /metrics", lambda: _safe(op.metrics), 60)
         t0 = time.monotonic()
-        for ns, name in names:
-            world.rollout(ns, name, "Shadow", args.interval)
-        wait_for(f"{n} rollouts Shadow Observing", lambda: world.observing(namespaces, "Shadow", n), 300 + 6 * n,
-                 every=3)
+        # In batches of RAMP: each rollout restarts its grinder once, and 300 restarts at once
+        # are more than this one node's kubelet and containerd can do within the rollouts'
+        # progressDeadline (they then halt RestartTimedOut, as they must).
+        for start in range(0, n, args.ramp):
+            batch = names[start:start + args.ramp]
+            for ns, name in batch:
+                world.rollout(ns, name, "Shadow", args.interval)
+            done = start + len(batch)
+            wait_for(f"{done} of {n} rollouts Shadow Observing", lambda done=done: world.observing(
+                namespaces, "Shadow", done), 300 + 6 * len(batch), every=3)
         # Steady state: the last status writes are done, and every watch has had a bookmark since
         # (the API server sends one a minute): only then can a quiet cache vouch for itself.
         log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling {args.settle:.0f}s")
@@ -537,11 +544,15 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default=str(REPO / ".testbed" / "bench"))
+    parser.add_argument("--ramp", type=int, default=25,
+                        help="rollouts created at once: the next batch when these are all Shadow Observing")
     parser.add_argument("--sim", choices=sorted(SIM_IMAGES), default="lite",
                         help="the grinders' simulator: lite (grinder-lite:local, Go) or python (grinder-sim:local)")
     args = parser.parse_args()
     if not re.fullmatch(r"[1-9][0-9]*[sm]", args.interval):
         parser.error(f"--interval {args.interval!r}: want seconds or minutes, like 2s")
+    if args.ramp < 1:
+        parser.error(f"--ramp {args.ramp}: want at least 1")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -558,7 +569,7 @@ def main() -> None:
                             text=True).stdout.strip()
     log(f"bench run {world.run} at {commit or 'an unknown commit'}: sizes {sizes}, interval {args.interval}, "
         f"window {args.window:.0f}s, "
-        f"{args.probes} probes, seed {seed}, simulator {args.sim} ({world.image}); operator logs in {logs}")
+        f"{args.probes} probes, ramp {args.ramp}, seed {seed}, simulator {args.sim} ({world.image}); operator logs in {logs}")
     rows = []
     for n in sizes:
         rows.append(run_size(world, n, args, rng, logs))
