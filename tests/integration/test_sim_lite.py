@@ -14,27 +14,22 @@ Without `go` the tests skip, unless CI=true: then they fail (CI installs Go for 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fillprob_operator.adapters.logs import scan_line
 from fillprob_operator.domain.log_gates import parse_resolution
+from sim_support import SIM_ROOT, SimProcess, write_model_dirs
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON_SIM = REPO / "sim" / "grinder" / "grinder_sim.py"
+PYTHON_SIM = SIM_ROOT / "grinder_sim.py"
 LITE_SRC = REPO / "sim" / "grinder-lite"
 DEADLINE = 20.0  # generous: the machine may be running a bench beside the tests
 # The bench's grinder env (scripts/bench.py World.grinder) at a rate that fills counters fast.
@@ -59,86 +54,14 @@ def lite_binary(tmp_path_factory) -> Path:
     return out
 
 
-class Sim:
-    """One simulator process: its stdout lines, its port (from GRINDER_SIM_STARTED), HTTP."""
-
-    def __init__(self, kind: str, cmd: list[str], env: dict[str, str]):
-        self.kind = kind
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_IP": "127.0.0.1",
-                    "GRINDER_SIM_PORT": "0", "GRINDER_SIM_SEED": "7", **env}
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port: int | None = None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_line(self, prefix: str, after: int = 0) -> str:
-        end = time.monotonic() + DEADLINE
-        while time.monotonic() < end:
-            for line in self.lines[after:]:
-                if line.startswith(prefix):
-                    return line
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{self.kind}: no line starting with {prefix!r}; got {self.lines}")
-
-    def started(self) -> "Sim":
-        self.port = int(re.search(r" port=(\d+) ", self.wait_line("GRINDER_SIM_STARTED ")).group(1))
-        return self
-
-    def get(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:  # noqa: S310
-            return r.status, r.read().decode()
-
-    def post_fault(self, body: dict) -> tuple[int, dict]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/sim/faults", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def families(self) -> dict:
-        return {f.name: f for f in text_string_to_metric_families(self.get("/metrics")[1])}
-
-    def samples(self) -> dict[tuple[str, tuple], float]:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in self.families().values() for s in f.samples}
-
-    def wait_samples(self, predicate, what: str) -> dict[tuple[str, tuple], float]:
-        end = time.monotonic() + DEADLINE
-        while True:
-            got = self.samples()
-            if predicate(got):
-                return got
-            assert time.monotonic() < end, f"{self.kind}: {what} never held; last {got}"
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=DEADLINE)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def run_both(lite_binary):
     """run_both(env) -> (python, lite), not waited for: both exit at the test's end."""
-    sims: list[Sim] = []
+    sims: list[SimProcess] = []
 
-    def start(env: dict[str, str]) -> tuple[Sim, Sim]:
-        pair = (Sim("python", [sys.executable, str(PYTHON_SIM)], env), Sim("lite", [str(lite_binary)], env))
+    def start(env: dict[str, str]) -> tuple[SimProcess, SimProcess]:
+        pair = (SimProcess("python", [sys.executable, str(PYTHON_SIM)], env, seed="7", deadline=DEADLINE),
+                SimProcess("lite", [str(lite_binary)], env, seed="7", deadline=DEADLINE))
         sims.extend(pair)
         return pair
 
@@ -150,13 +73,7 @@ def run_both(lite_binary):
 @pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, str]:
     """A model dir and an eval dir that resolve (recommended_bps 3000), as the testbed writes them."""
-    model, ev = tmp_path / "model", tmp_path / "eval"
-    model.mkdir()
-    ev.mkdir()
-    (model / "manifest.json").write_text("{}")
-    (model / "model.json").write_text("{}")
-    (ev / "eval_report.json").write_text('{"recommended_bps": 3000}')
-    return {"GRINDER_FILL_MODEL_DIR": str(model), "GRINDER_FILL_PROB_EVAL_DIR": str(ev)}
+    return write_model_dirs(tmp_path, eval_manifest=False).env()
 
 
 def per_symbol(samples: dict, name: str) -> dict[str, float]:

@@ -11,21 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-SIM_ROOT = Path(__file__).resolve().parents[2] / "sim" / "grinder"
+from sim_support import SIM_ROOT, write_model_dirs
+
 sys.path.insert(0, str(SIM_ROOT))
 
 import grinder_sim as gs  # noqa: E402
-
-
-def make_dirs(tmp_path: Path, recommended: object = 3000) -> tuple[Path, Path]:
-    model, ev = tmp_path / "model", tmp_path / "eval"
-    model.mkdir()
-    ev.mkdir()
-    (model / "manifest.json").write_text("{}")
-    (model / "model.json").write_text("{}")
-    (ev / "manifest.json").write_text("{}")
-    (ev / "eval_report.json").write_text(json.dumps({"recommended_bps": recommended}))
-    return model, ev
 
 
 def make_sim(lines: list[str] | None = None, *, env: dict | None = None, resolution: gs.Resolution | None = None, seed: int = 7):
@@ -78,13 +68,13 @@ def test_invalid_numbers_are_config_errors(name, value):
 
 
 def test_resolution_ok_recommend_only_uses_configured(tmp_path):
-    model, ev = make_dirs(tmp_path, 3000)
+    model, ev = write_model_dirs(tmp_path, 3000)
     r = gs.resolve_threshold(str(model), str(ev), 2500, auto_threshold=False)
     assert r.log_line() == "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=recommend_only recommended_bps=3000 configured_bps=2500 effective_bps=2500"
 
 
 def test_resolution_ok_auto_apply_uses_recommended(tmp_path):
-    model, ev = make_dirs(tmp_path, 3000)
+    model, ev = write_model_dirs(tmp_path, 3000)
     r = gs.resolve_threshold(str(model), str(ev), 2500, auto_threshold=True)
     assert r.log_line() == "FILL_PROB_THRESHOLD_RESOLUTION_OK mode=auto_apply recommended_bps=3000 configured_bps=2500 effective_bps=3000"
 
@@ -107,7 +97,7 @@ def test_resolution_skipped_without_model_dir(tmp_path):
     ],
 )
 def test_resolution_failed_reasons(tmp_path, breakage, reason):
-    model, ev = make_dirs(tmp_path)
+    model, ev = write_model_dirs(tmp_path)
     report = ev / "eval_report.json"
     eval_dir: str | None = str(ev)
     if breakage == "no_report":

@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-SIM_ROOT = Path(__file__).resolve().parents[2] / "sim" / "grinder"
+from sim_support import SIM_ROOT, write_model_dirs
 
 
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    model, ev = tmp_path / "model", tmp_path / "eval"
-    model.mkdir()
-    ev.mkdir()
-    (model / "manifest.json").write_text("{}")
-    (model / "model.json").write_text("{}")
-    (ev / "manifest.json").write_text("{}")
-    (ev / "eval_report.json").write_text('{"recommended_bps": 3100}')
-    return model, ev
+    return write_model_dirs(tmp_path, 3100)
 
 
 def preflight(*args: str, min_bps: str | None = "2500") -> subprocess.CompletedProcess:

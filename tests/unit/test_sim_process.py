@@ -5,101 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-SIM_ROOT = Path(__file__).resolve().parents[2] / "sim" / "grinder"
-DEADLINE = 10.0
-
-
-class SimProcess:
-    def __init__(self, env: dict[str, str], module: bool = True):
-        full_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "POD_IP": "127.0.0.1",
-            "GRINDER_SIM_PORT": "0",
-            "GRINDER_SIM_SEED": "11",
-            **env,
-        }
-        cmd = [sys.executable, "-m", "grinder_sim"] if module else [sys.executable, "grinder_sim.py"]
-        self.proc = subprocess.Popen(cmd, cwd=SIM_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port: int | None = None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_line(self, prefix: str, deadline: float = DEADLINE) -> str:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for line in list(self.lines):
-                if line.startswith(prefix):
-                    return line
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no line starting with {prefix!r}; got {self.lines}")
-
-    def started(self) -> "SimProcess":
-        line = self.wait_line("GRINDER_SIM_STARTED ")
-        self.port = int(dict(kv.split("=", 1) for kv in line.split()[1:])["port"])
-        return self
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(self.url(path), timeout=5) as r:
-            return r.status, r.read().decode()
-
-    def post(self, path: str, data: bytes) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url(path), data=data, method="POST", headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        _, text = self.get("/metrics")
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
-
-    def wait_metric(self, name: str, pred, labels: tuple = (), deadline: float = DEADLINE) -> float:
-        end = time.monotonic() + deadline
-        value = None
-        while time.monotonic() < end:
-            value = self.metrics().get((name, labels))
-            if value is not None and pred(value):
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"{name}{labels} never matched; last {value}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=DEADLINE)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+from sim_support import SIM_ROOT, SimProcess, write_model_dirs
 
 
 @pytest.fixture
@@ -107,7 +18,8 @@ def run_sim():
     procs: list[SimProcess] = []
 
     def start(env: dict[str, str], module: bool = True) -> SimProcess:
-        p = SimProcess(env, module)
+        cmd = [sys.executable, "-m", "grinder_sim"] if module else [sys.executable, "grinder_sim.py"]
+        p = SimProcess("grinder_sim", cmd, env, seed="11", cwd=SIM_ROOT)
         procs.append(p)
         return p
 
@@ -118,14 +30,7 @@ def run_sim():
 
 @pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, str]:
-    model, ev, art = tmp_path / "model", tmp_path / "eval", tmp_path / "artifacts"
-    model.mkdir()
-    ev.mkdir()
-    (model / "manifest.json").write_text("{}")
-    (model / "model.json").write_text("{}")
-    (ev / "manifest.json").write_text("{}")
-    (ev / "eval_report.json").write_text('{"recommended_bps": 3000}')
-    return {"GRINDER_FILL_MODEL_DIR": str(model), "GRINDER_FILL_PROB_EVAL_DIR": str(ev), "GRINDER_ARTIFACT_DIR": str(art)}
+    return write_model_dirs(tmp_path).env(artifacts=tmp_path / "artifacts")
 
 
 STARTING_STATE = {"GRINDER_FILL_MODEL_ENFORCE": "0", "GRINDER_FILL_PROB_AUTO_THRESHOLD": "0", "GRINDER_FILL_PROB_MIN_BPS": "2500"}
@@ -146,7 +51,7 @@ def test_shadow_start_recommend_only_artifact_and_sigterm(run_sim, dirs):
     assert p.get("/healthz")[0] == 200 and p.get("/readyz")[0] == 200
     # Phase 1 table: enforce 0, threshold gauge > 0 (recommended), blocks 0, cb trips 0.
     p.wait_metric("grinder_router_orders_total", lambda v: v >= 20, (("symbol", "SYM8"),))
-    m = p.metrics()
+    m = p.samples()
     assert m[("grinder_router_fill_prob_enforce_enabled", ())] == 0
     assert m[("grinder_router_fill_prob_enforce_allowlist_enabled", ())] == 0
     assert m[("grinder_router_fill_prob_auto_threshold_bps", ())] == 3000
@@ -169,15 +74,15 @@ def test_auto_apply_start_and_threshold_jump(run_sim, dirs):
     env = {**dirs, **STARTING_STATE, "GRINDER_FILL_MODEL_ENFORCE": "1", "GRINDER_FILL_PROB_ENFORCE_SYMBOLS": "", "GRINDER_FILL_PROB_AUTO_THRESHOLD": "1"}
     p = run_sim(env).started()
     assert resolution_lines(p) == ["FILL_PROB_THRESHOLD_RESOLUTION_OK mode=auto_apply recommended_bps=3000 configured_bps=2500 effective_bps=3000"]
-    m = p.metrics()
+    m = p.samples()
     assert m[("grinder_router_fill_prob_auto_threshold_bps", ())] == 3000
     assert m[("grinder_router_fill_prob_enforce_enabled", ())] == 1
     assert m[("grinder_router_fill_prob_enforce_allowlist_enabled", ())] == 0  # empty = all symbols
     code, state = p.post("/sim/faults", b'{"thresholdJumpBps": 2500}')
     assert code == 200 and state["effectiveBps"] == 5500 and state["thresholdJumpBps"] == 2500
-    assert p.metrics()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 5500
+    assert p.samples()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 5500
     assert p.post("/sim/faults", b"{}") == (200, {**state, "thresholdJumpBps": 0, "effectiveBps": 3000, "recommendedBps": 3000})
-    assert p.metrics()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 3000
+    assert p.samples()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 3000
 
 
 @pytest.mark.parametrize("breakage, reason", [("report", "eval_report_missing"), ("json", "eval_report_invalid_json"), ("model", "model_files_missing")])
@@ -191,7 +96,7 @@ def test_resolution_failed_start(run_sim, dirs, breakage, reason):
     p = run_sim({**dirs, **STARTING_STATE}).started()
     lines = resolution_lines(p)
     assert len(lines) == 1 and lines[0].startswith(f"FILL_PROB_THRESHOLD_RESOLUTION_FAILED reason_code={reason} detail=")
-    assert p.metrics()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 0
+    assert p.samples()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 0
     assert len(list(Path(dirs["GRINDER_ARTIFACT_DIR"]).glob("threshold_resolution_*.json"))) == 1
 
 
@@ -200,14 +105,14 @@ def test_model_dir_unset_is_skipped(run_sim, dirs):
     del env["GRINDER_FILL_MODEL_DIR"]
     p = run_sim(env).started()
     assert resolution_lines(p) == ["THRESHOLD_RESOLVE_SKIPPED reason=model_dir_unset"]
-    assert p.metrics()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 0
+    assert p.samples()[("grinder_router_fill_prob_auto_threshold_bps", ())] == 0
 
 
 def test_canary_allowlist_blocks_only_allowlisted(run_sim, dirs):
     env = {**dirs, **STARTING_STATE, "GRINDER_FILL_MODEL_ENFORCE": "1", "GRINDER_FILL_PROB_ENFORCE_SYMBOLS": "SYM1,SYM2", "GRINDER_SIM_ORDERS_PER_SEC": "400"}
     p = run_sim(env).started()
     p.wait_metric("grinder_router_orders_total", lambda v: v >= 400, (("symbol", "SYM3"),))
-    m = p.metrics()
+    m = p.samples()
     assert m[("grinder_router_fill_prob_enforce_allowlist_enabled", ())] == 1
     for i in range(1, 9):
         blocks = m[("grinder_router_fill_prob_blocks_total", (("symbol", f"SYM{i}"),))]
@@ -233,16 +138,16 @@ def test_faults_endpoint(run_sim, dirs):
 
     code, body = p.post("/sim/faults", b'{"cbTrip": true}')
     assert code == 200 and body["injectedCbTrips"] == 1
-    assert p.metrics()[("grinder_router_fill_prob_cb_trips_total", ())] == 1
+    assert p.samples()[("grinder_router_fill_prob_cb_trips_total", ())] == 1
     assert "symbol=SYM1" in p.wait_line("FILL_PROB_CIRCUIT_BREAKER_TRIPPED ")
 
     code, body = p.post("/sim/faults", b'{"blockAll": true}')
     assert code == 200 and body["blockAll"] is True
     # Every enforced order now blocked: the block rate trips SYM1 and SYM2 (1 injected + 2).
     p.wait_metric("grinder_router_fill_prob_cb_trips_total", lambda v: v == 3)
-    before = p.metrics()
+    before = p.samples()
     p.wait_metric("grinder_router_orders_total", lambda v: v >= before[("grinder_router_orders_total", (("symbol", "SYM1"),))] + 60, (("symbol", "SYM1"),))
-    after = p.metrics()
+    after = p.samples()
     sym1 = (("symbol", "SYM1"),)
     new_orders = after[("grinder_router_orders_total", sym1)] - before[("grinder_router_orders_total", sym1)]
     new_blocks = after[("grinder_router_fill_prob_blocks_total", sym1)] - before[("grinder_router_fill_prob_blocks_total", sym1)]
