@@ -260,13 +260,14 @@ def total(snapshot: dict, name: str, **match: str) -> float:
                if n == name and all((k, val) in labels for k, val in match.items()))
 
 
-def lag_quantiles(before: dict, after: dict, qs=(0.5, 0.99)) -> list[float]:
-    """Quantiles of fillprob_rollout_event_loop_lag_seconds over the window, from its buckets
-    (linear inside a bucket, as histogram_quantile does)."""
-    name = "fillprob_rollout_event_loop_lag_seconds_bucket"
+def lag_quantiles(before: dict, after: dict, qs=(0.5, 0.99),
+                  histogram: str = "fillprob_rollout_event_loop_lag_seconds", **match: str) -> list[float]:
+    """Quantiles of a histogram (the event loop's lag unless told) over the window, from its
+    buckets (linear inside a bucket, as histogram_quantile does); `match`: its other labels."""
+    name = f"{histogram}_bucket"
     buckets = sorted(
         (float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0.0))
-        for (n, labels) in after if n == name
+        for (n, labels) in after if n == name and all((k, v) in labels for k, v in match.items())
     )
     count = buckets[-1][1] if buckets else 0
     out = []
@@ -411,12 +412,22 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
                 key = "{verb} {resource}".format(**dict(labels))
                 by_verb[key] = by_verb.get(key, 0) + v - m0.get((name, labels), 0.0)
         p50, p99 = lag_quantiles(m0, m1)
+        gc_pauses = {}  # by generation: collections per second, share of the time, p99
+        for generation in "012":
+            count = (total(m1, "fillprob_operator_gc_pause_seconds_count", generation=generation)
+                     - total(m0, "fillprob_operator_gc_pause_seconds_count", generation=generation))
+            spent = (total(m1, "fillprob_operator_gc_pause_seconds_sum", generation=generation)
+                     - total(m0, "fillprob_operator_gc_pause_seconds_sum", generation=generation))
+            (gc_p99,) = lag_quantiles(m0, m1, (0.99,), "fillprob_operator_gc_pause_seconds", generation=generation)
+            gc_pauses[f"gen{generation}"] = {"per_s": round(count / elapsed, 2), "time_share": round(spent / elapsed, 4),
+                                             "p99_ms": round(gc_p99 * 1000, 1)}
         row = {
             "n": n, "cpu_share": (c1 - c0) / elapsed, "rss_mib": rss,
             "requests_per_rollout_interval": requests / n / intervals,
             "requests_by_kind": {key: round(v, 1) for key, v in sorted(by_verb.items()) if v},
             "queries_per_interval": queries / intervals, "samples_per_interval": samples / intervals,
-            "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000, "observing_after_window": still,
+            "lag_p50_ms": p50 * 1000, "lag_p99_ms": p99 * 1000, "gc_pauses": gc_pauses,
+            "observing_after_window": still,
             # The machine, not the operator: the load average at the window's end, and the time
             # the operator's threads spent runnable but waiting for a CPU (per second of window).
             "prometheus_query_mean_ms": round(1000 * (

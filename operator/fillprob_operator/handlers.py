@@ -171,7 +171,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # holds the GIL (the event loop) that much less (loop_lag.py measures it).
     gc.collect()
     gc.freeze()
-    memo.loop_lag = loop_lag.start(memo.metrics.event_loop_lag.observe)
+    memo.gc_pauses = loop_lag.GcPauses().install()
+
+    def woke(lag: float) -> None:
+        memo.metrics.event_loop_lag.observe(lag)
+        memo.gc_pauses.drain(memo.metrics.observe_gc_pause)
+
+    memo.loop_lag = loop_lag.start(woke)
     memo.kube.start_watches()
     served = None
     if config.metrics_host_port is not None:
@@ -282,6 +288,8 @@ async def submit_rollback(memo: Any, request: Any, namespace: str, name: str) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if "loop_lag" in memo:
         await loop_lag.stop(memo.loop_lag)
+    if "gc_pauses" in memo:
+        memo.gc_pauses.uninstall()
     if "webhook_runner" in memo:
         await memo.webhook_runner.cleanup()
     for closer in ("gateway", "kube", "metrics"):

@@ -2,12 +2,19 @@
 much later than asked it woke (`fillprob_rollout_event_loop_lag_seconds`). Everything that runs
 on the loop (every rollout's tick, kopf's watches, the webhook) delays that wake-up; the
 promise is lag p99 at most 50 ms with 300 rollouts (issue 10).
+
+The garbage collector's pauses are timed too (`fillprob_operator_gc_pause_seconds`): a
+collection holds the GIL, so the loop waits for it whichever thread set it off, and at hundreds
+of rollouts they are much of the lag (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+import collections
+import gc
+import time
+from typing import Any, Awaitable, Callable
 
 PERIOD_SECONDS = 0.25
 
@@ -29,6 +36,44 @@ async def measure_lag(
 
 def start(observe: Callable[[float], None], period: float = PERIOD_SECONDS) -> asyncio.Task:
     return asyncio.get_running_loop().create_task(measure_lag(observe, period), name="fillprob-loop-lag")
+
+
+class GcPauses:
+    """Times every collection (`gc.callbacks`) into a bounded buffer; `drain` hands them over.
+
+    The callback runs inside the collection, in whatever thread allocated: it takes no lock (a
+    thread holding the metrics' lock may be the one collecting) and only appends to a deque;
+    the loop drains it into the histogram."""
+
+    KEPT = 10_000  # pauses kept between drains; older ones are dropped
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self._pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=self.KEPT)
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+        else:
+            self._pauses.append((info["generation"], self._clock() - self._started))
+
+    def install(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def drain(self, observe: Callable[[int, float], None]) -> int:
+        """observe(generation, seconds) for each pause since the last drain; how many."""
+        count = 0
+        while self._pauses:
+            generation, seconds = self._pauses.popleft()
+            observe(generation, seconds)
+            count += 1
+        return count
 
 
 async def stop(task: asyncio.Task) -> None:

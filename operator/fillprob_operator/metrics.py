@@ -86,6 +86,13 @@ class OperatorMetrics:
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pauses = Histogram(
+            "fillprob_operator_gc_pause_seconds",
+            "The garbage collector's pauses by generation (0, 1, 2): the event loop waits for them.",
+            ["generation"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self.condition = Gauge(
             "fillprob_rollout_condition",
             "1 for each status condition's current status (Ready, Progressing, Degraded, MetricsAvailable).",
@@ -116,6 +123,9 @@ class OperatorMetrics:
         self._condition_labels: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
         self._server: Any = None
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pauses.labels(str(generation)).observe(seconds)
 
     def set_info(self, namespace: str, name: str, phase: str, state: str) -> None:
         """One series per rollout: the old (phase, state) label set goes when it changes."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
+import re
 import urllib.request
 from typing import Any
 
@@ -398,9 +400,17 @@ def test_startup_configures_kopf_and_serves_metrics(tmp_path, monkeypatch):
                          "fillprob_rollout_prometheus_samples_total", "fillprob_rollout_event_loop_lag_seconds"):
                 assert f"# HELP {name}" in text
             assert not memo.loop_lag.done()  # the loop's lag is measured from startup on
+            # ... and the collector's pauses, drained into their histogram as the loop wakes
+            assert memo.gc_pauses in gc.callbacks
+            gc.collect()
+            await asyncio.sleep(0.6)
+            text = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode())
+            assert re.search(r'^fillprob_operator_gc_pause_seconds_count\{generation="2"\} [1-9]', text, re.M), text
         finally:
             await handlers.cleanup(memo=memo)
         assert memo.loop_lag.done()
+        assert memo.gc_pauses not in gc.callbacks
 
     asyncio.run(scenario())
     assert settings.persistence.finalizer == "grinder.io/finalizer"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -58,3 +59,36 @@ def test_a_blocked_loop_shows_in_the_histogram():
     assert metrics.registry.get_sample_value("fillprob_rollout_event_loop_lag_seconds_sum") >= 0.2
     assert metrics.registry.get_sample_value("fillprob_rollout_event_loop_lag_seconds_bucket", {"le": "0.1"}) < \
         metrics.registry.get_sample_value("fillprob_rollout_event_loop_lag_seconds_count")
+
+
+def test_the_garbage_collectors_pauses_are_timed_by_generation_and_drained_into_the_histogram():
+    ticks = iter([10.0, 10.004, 20.0, 20.09])
+    pauses = loop_lag.GcPauses(clock=lambda: next(ticks))
+    pauses("start", {"generation": 0})
+    pauses("stop", {"generation": 0})
+    pauses("start", {"generation": 2})
+    pauses("stop", {"generation": 2})
+    metrics = OperatorMetrics()
+    assert pauses.drain(metrics.observe_gc_pause) == 2
+    assert pauses.drain(metrics.observe_gc_pause) == 0  # drained once
+    value = metrics.registry.get_sample_value
+    assert value("fillprob_operator_gc_pause_seconds_sum", {"generation": "0"}) == pytest.approx(0.004)
+    assert value("fillprob_operator_gc_pause_seconds_sum", {"generation": "2"}) == pytest.approx(0.09)
+    assert value("fillprob_operator_gc_pause_seconds_bucket", {"generation": "2", "le": "0.075"}) == 0
+    assert value("fillprob_operator_gc_pause_seconds_bucket", {"generation": "2", "le": "0.1"}) == 1
+
+
+def test_a_real_collection_is_seen_and_the_buffer_is_bounded():
+    pauses = loop_lag.GcPauses().install()
+    try:
+        gc.collect()
+        seen: list[tuple[int, float]] = []
+        pauses.drain(lambda generation, seconds: seen.append((generation, seconds)))
+        assert any(generation == 2 for generation, _ in seen) and all(s >= 0 for _, s in seen)
+        for _ in range(loop_lag.GcPauses.KEPT + 5):
+            pauses("start", {"generation": 0})
+            pauses("stop", {"generation": 0})
+        assert pauses.drain(lambda *_: None) == loop_lag.GcPauses.KEPT
+    finally:
+        pauses.uninstall()
+    assert pauses not in gc.callbacks
