@@ -236,6 +236,9 @@ def _watch(fetch: Callable[[], tuple[str, str]], interval: float) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C is SIGINT; set explicitly: a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, stop)
     try:
         while True:
             try:
