@@ -335,13 +335,25 @@ build_image() {
   fi
   tb_step "$name: buildah bud -f ${dockerfile#"$TB_REPO/"} ${context#"$TB_REPO/"} -> $ref (log: $log)"
   start=$(date +%s)
-  run_logged "$name" "$log" '^(STEP|\[[0-9]+/[0-9]+\] STEP|Collecting|Processing|Installing|Successfully)' \
-    bah bud --isolation chroot --pull=never --format oci -f "$dockerfile" -t "$ref" "$@" "$context" || {
+  local attempt
+  for attempt in 1 2; do
+    if run_logged "$name" "$log" '^(STEP|\[[0-9]+/[0-9]+\] STEP|Collecting|Processing|Installing|Successfully)' \
+      bah bud --isolation chroot --pull=never --format oci -f "$dockerfile" -t "$ref" "$@" "$context"; then
+      break
+    fi
     # A failed build leaves its working containers (full copies, with vfs); the storage is
     # the testbed's own, so every container in it is a leftover.
     bah rm --all >/dev/null 2>&1 || true
+    # runc's copy of itself (a sealed memfd) now and then fails to seal while another process
+    # still maps it ("Close_Fd sealing memfd copy: Device or resource busy": a RUN step failed
+    # before running anything). That, and only that, is tried once more.
+    if [ "$attempt" = 1 ] && grep -q "sealing memfd copy: Device or resource busy" "$log"; then
+      tb_warn "$name: runc could not seal its memfd copy (EBUSY, transient): building again"
+      cp "$log" "$log.attempt1"
+      continue
+    fi
     tb_fail "$name: buildah bud" "the build failed after $(( $(date +%s) - start ))s" "$log"
-  }
+  done
   id=$(image_id "$ref")
 
   rm -f "$archive.tmp"
