@@ -290,11 +290,13 @@ def rollbacks(st: dict) -> list[str]:
 
 
 def nothing_twice(st: dict) -> None:
-    """No two history entries with the same action, step and reason at the same moment; no
-    request key twice (history or status.requestKeys)."""
+    """No two history entries with the same action, step, reason and request key at the same
+    moment; no request key twice (history or status.requestKeys). Two alerts answered in the same
+    second are two decisions (each entry names its own request key), not one written twice."""
     seen: dict[tuple, int] = {}
     for h in st.get("history", []):
-        key = (h.get("action"), h.get("step"), h.get("reason"), h.get("at"))
+        key = (h.get("action"), h.get("step"), h.get("reason"), h.get("at"),
+               (h.get("evidence") or {}).get("requestKey"))
         seen[key] = seen.get(key, 0) + 1
     twice = [k for k, n in seen.items() if n > 1]
     assert not twice, f"history entries written twice: {twice}"
