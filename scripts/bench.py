@@ -192,6 +192,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ARENA_ALIGN = 64 << 20  # glibc's thread arenas: heaps of HEAP_MAX_SIZE, aligned to it (64-bit)
+
+
+def rss_by_kind(pid: int) -> dict[str, float]:
+    """Where the process's RSS is, in MiB, from /proc/<pid>/smaps: `files` (code and data of
+    mapped files), `main_heap` (glibc's main arena, [heap]), `thread_arenas` (glibc's other
+    arenas: anonymous mappings aligned to 64 MiB), `thread_stacks` (anonymous mappings right
+    after a guard page), `other_anon` (pymalloc's arenas, large blocks, SSL buffers)."""
+    out = dict.fromkeys(("files", "main_heap", "thread_arenas", "thread_stacks", "other_anon"), 0.0)
+    previous_guard_end = None
+    start = end = 0
+    kind = "other_anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            path = head[5] if len(head) > 5 else ""
+            if path == "[heap]":
+                kind = "main_heap"
+            elif path and not path.startswith("["):
+                kind = "files"
+            elif path:
+                kind = "other_anon"  # [stack], [vdso], ...
+            elif start % ARENA_ALIGN == 0:
+                kind = "thread_arenas"
+            elif previous_guard_end == start and "rw" in head[1]:
+                kind = "thread_stacks"
+            else:
+                kind = "other_anon"
+            # A no-access anonymous page or more: a thread stack's guard (or an arena's reserve).
+            previous_guard_end = end if head[1].startswith("---") and not path else None
+        elif head[0] == "Rss:":
+            out[kind] += int(head[1]) / 1024
+    return {key: round(value, 1) for key, value in out.items()}
+
+
 class Operator:
     def __init__(self, namespaces: list[str], log_path: Path, pods: int) -> None:
         self.port = free_port()
@@ -230,6 +266,9 @@ class Operator:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def rss_by_kind(self) -> dict[str, float]:
+        return rss_by_kind(self.proc.pid)
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:  # noqa: S310
@@ -398,7 +437,7 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         time.sleep(args.window)
         m1, c1, w1, q1 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds()
         load = os.getloadavg()[0]
-        rss = op.rss_mib()
+        rss, rss_kinds = op.rss_mib(), op.rss_by_kind()
         # Steady means steady: every rollout still Observing with its metrics at the end.
         still = world.observing(namespaces, "Shadow", 0) or 0
         elapsed = w1 - w0
@@ -422,7 +461,7 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             gc_pauses[f"gen{generation}"] = {"per_s": round(count / elapsed, 2), "time_share": round(spent / elapsed, 4),
                                              "p99_ms": round(gc_p99 * 1000, 1)}
         row = {
-            "n": n, "cpu_share": (c1 - c0) / elapsed, "rss_mib": rss,
+            "n": n, "cpu_share": (c1 - c0) / elapsed, "rss_mib": rss, "rss_by_kind": rss_kinds,
             "requests_per_rollout_interval": requests / n / intervals,
             "requests_by_kind": {key: round(v, 1) for key, v in sorted(by_verb.items()) if v},
             "queries_per_interval": queries / intervals, "samples_per_interval": samples / intervals,
@@ -534,6 +573,8 @@ def table(rows: list[dict], interval: str) -> str:
                  "seconds per second: " + ", ".join(
                      f"N={r['n']}: {r.get('machine_load_1m', float('nan'))} / {r.get('operator_run_queue_share', float('nan'))}"
                      for r in rows))
+    lines.append("RSS by kind at the window's end, MiB (/proc smaps): " + "; ".join(
+        f"N={r['n']}: " + ", ".join(f"{k} {v}" for k, v in r.get("rss_by_kind", {}).items()) for r in rows))
     for r in rows:
         if r.get("detection_skipped"):
             lines.append(f"N={r['n']}: no detection figures ({r['detection_skipped']})")

@@ -1,0 +1,145 @@
+"""One TLS context per Kubernetes client (`share_tls_context`), against a real TLS server that
+requires a client certificate: every connection uses the one context, the CA still verifies the
+server, the client certificate is still presented."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import urllib3
+from kubernetes import client
+
+from fillprob_operator.adapters.kubernetes import share_tls_context
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _ca(cwd: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=cwd)
+
+
+def _signed(cwd: Path, ca: str, name: str, *, server: bool) -> None:
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=cwd)
+    ext = cwd / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "1", "-extfile", ext.name, "-out", f"{name}.crt", cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _ca(d, "ca")
+    _ca(d, "other-ca")
+    _signed(d, "ca", "server", server=True)
+    _signed(d, "other-ca", "impostor", server=True)
+    _signed(d, "ca", "client", server=False)
+    return d
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        peer = self.connection.getpeercert()
+        body = dict(x[0] for x in peer["subject"])["commonName"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _server(pki: Path, cert: str) -> http.server.ThreadingHTTPServer:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
+    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
+    context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _api_client(pki: Path, port: int) -> client.ApiClient:
+    configuration = client.Configuration()
+    configuration.host = f"https://127.0.0.1:{port}"
+    configuration.ssl_ca_cert = str(pki / "ca.crt")
+    configuration.cert_file = str(pki / "client.crt")
+    configuration.key_file = str(pki / "client.key")
+    configuration.connection_pool_maxsize = 8
+    return client.ApiClient(configuration)
+
+
+def _get_concurrently(api: client.ApiClient, port: int, n: int) -> list[str]:
+    def get(_: int) -> str:
+        return api.rest_client.request("GET", f"https://127.0.0.1:{port}/x").read().decode()
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(get, range(n)))
+
+
+def _contexts(api: client.ApiClient, port: int) -> list[ssl.SSLContext]:
+    """The contexts of the connections the host's pool keeps (it is drained: ask once)."""
+    pool = api.rest_client.pool_manager.connection_from_url(f"https://127.0.0.1:{port}/")
+    out = []
+    while True:
+        try:
+            conn = pool.pool.get_nowait()
+        except Exception:  # noqa: BLE001 - queue.Empty
+            return out
+        if conn is not None and conn.sock is not None:
+            out.append(conn.sock.context)
+
+
+def test_every_connection_uses_one_context_and_still_presents_the_client_certificate(pki: Path) -> None:
+    httpd = _server(pki, "server")
+    try:
+        port = httpd.server_address[1]
+        api = _api_client(pki, port)
+        assert share_tls_context(api)
+        assert _get_concurrently(api, port, 6) == ["client"] * 6  # the server saw our certificate
+        contexts = _contexts(api, port)
+        assert len(contexts) >= 2
+        assert {id(c) for c in contexts} == {id(api.rest_client.pool_manager.connection_pool_kw["ssl_context"])}
+
+        # As urllib3 leaves it, a context per connection (what the function is for).
+        plain = _api_client(pki, port)
+        assert _get_concurrently(plain, port, 6) == ["client"] * 6
+        per_connection = _contexts(plain, port)
+        assert len({id(c) for c in per_connection}) == len(per_connection) >= 2
+    finally:
+        httpd.shutdown()
+
+
+def test_the_shared_context_still_refuses_a_server_our_ca_did_not_sign(pki: Path) -> None:
+    httpd = _server(pki, "impostor")
+    try:
+        port = httpd.server_address[1]
+        api = _api_client(pki, port)
+        assert share_tls_context(api)
+        with pytest.raises(urllib3.exceptions.MaxRetryError) as caught:
+            api.rest_client.pool_manager.request("GET", f"https://127.0.0.1:{port}/x", retries=0)
+        assert isinstance(caught.value.reason, urllib3.exceptions.SSLError)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.reason)
+    finally:
+        httpd.shutdown()
+
+
+def test_a_proxied_client_is_left_alone(pki: Path) -> None:
+    configuration = client.Configuration()
+    configuration.host = "https://127.0.0.1:1"
+    configuration.proxy = "http://127.0.0.1:2"
+    api = client.ApiClient(configuration)
+    assert not share_tls_context(api)
+    assert "ssl_context" not in api.rest_client.pool_manager.connection_pool_kw
