@@ -173,6 +173,69 @@ def test_the_thread_resumes_after_a_server_timeout_and_relists_after_410_and_dro
     assert not cache.fresh(NS, 10)
 
 
+class Tracked(dict):
+    """A dict a weak reference can follow: whether anything still holds the object."""
+
+
+def test_neither_the_listed_objects_nor_the_last_event_are_kept_while_the_watch_waits():
+    """The store keeps projections; the whole objects a LIST or an event delivered (a Deployment
+    with its managedFields, every pod of the namespace) must die once applied, not stay alive in
+    the thread's frames for as long as the watch runs (they did: tens of MiB at N=100)."""
+    import gc
+    import weakref
+
+    listed = [Tracked(obj(f"p{i}", 5, spec={"big": "x" * 1000})) for i in range(3)]
+    watched = Tracked(event("MODIFIED", obj("p0", 11, spec={"big": "y" * 1000})))
+    refs = [weakref.ref(o) for o in (*listed, watched)]
+
+    class Once(ScriptedSource):
+        def list(self, namespace):
+            self.lists += 1
+            items, listed[:] = list(listed), []
+            return items, "10"
+
+        def watch(self, namespace, resource_version, timeout_seconds):
+            self.watches.append(resource_version)
+            nonlocal watched
+            one, watched = watched, None
+            yield one
+            del one
+            self.released.wait(10)
+
+    source = Once([])
+    cache = WatchCache("Pod", source, namespaces=(NS,))
+    cache.start()
+    try:
+        wait_for(lambda: cache.fresh(NS, 11), "the list and the event applied")
+        assert [o["metadata"]["name"] for o in cache.select(NS, {})] == ["p0", "p1", "p2"]
+        gc.collect()
+        assert [r() is None for r in refs] == [True] * 4
+    finally:
+        cache.close()
+        source.released.set()
+
+
+def test_client_source_keeps_no_event_while_it_waits_for_the_next_line():
+    from fillprob_operator.adapters.watches import ClientSource
+
+    held = []
+
+    class Waiting(FakeHTTPResponse):
+        def stream(self, amt=None, decode_content=False):
+            yield b'{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"7"}}}\n'
+            # The next read blocks here, in a real watch for minutes: what does `watch` hold?
+            held.append(sorted(k for k, v in events.gi_frame.f_locals.items() if isinstance(v, (str, dict)) and v))
+
+        def close(self):
+            pass
+
+    source = ClientSource(lambda namespace, **kw: Waiting(b""), lambda **kw: None, timeout=3.0)
+    events = source.watch(NS, "5", 240)
+    assert next(events)["type"] == "ADDED"
+    assert list(events) == []
+    assert held == [["namespace", "resource_version"]]
+
+
 def test_a_list_that_fails_leaves_the_store_unsynced_and_is_retried(monkeypatch):
     monkeypatch.setattr(watches, "RETRY_SECONDS", (0.01,))
     source = ScriptedSource([])

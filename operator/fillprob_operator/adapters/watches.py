@@ -312,9 +312,7 @@ class WatchCache:
         failures = 0
         while not self._stop.is_set():
             try:
-                self._count("list")
-                items, rv = self.source.list(scope)
-                self.apply_list(scope, items, rv)
+                self._relist(scope)
                 failures = 0
                 self._watch(scope)  # returns only on Gone; raises on any failure
             except Gone:
@@ -327,6 +325,13 @@ class WatchCache:
                 self._stop.wait(delay * random.uniform(0.8, 1.2))
             # A re-list follows a 410 or a failure: the store is stale until it completes.
             self.mark_down(scope)
+
+    def _relist(self, scope: str) -> None:
+        """LIST into the store. The listed objects (whole, with their managedFields) die here:
+        held by `_run`'s frame they stayed alive for as long as the watch that follows ran."""
+        self._count("list")
+        items, rv = self.source.list(scope)
+        self.apply_list(scope, items, rv)
 
     def _watch(self, scope: str) -> None:
         """Watch from the high-water mark; a watch the server ends (timeoutSeconds) is resumed
@@ -342,6 +347,7 @@ class WatchCache:
                         raise Gone()
                     raise RuntimeError(f"watch error: {str(event.get('object'))[:200]}")
                 self.apply_event(scope, event)
+                del event  # not kept (whole) while the next one is awaited
 
 
 class ClientSource:
@@ -378,8 +384,12 @@ class ClientSource:
             raise
         try:
             for line in iter_resp_lines(response):
-                if line:
-                    yield json.loads(line)
+                if not line:
+                    continue
+                event = json.loads(line)
+                del line  # neither the text nor the event is kept while the next line is awaited
+                yield event
+                del event
         finally:
             response.close()
             response.release_conn()
