@@ -18,7 +18,7 @@ For each N, in namespaces of its own (up to 10, rollouts spread evenly):
    rollout guarding, nothing changing (steady state). The rollouts are created RAMP at a time,
    the next batch when these are Shadow Observing (their grinders restarted).
 2. Once all are Shadow Observing with their metrics: WINDOW seconds measured from the outside
-   (/proc: CPU, RSS) and from the operator's own /metrics (Kubernetes requests it sent, its
+   (/proc: CPU, RSS, RSS by kind from smaps) and from the operator's own /metrics (Kubernetes requests it sent, its
    watches and log streams included; Prometheus queries and samples; event-loop lag).
 3. Detection, with the N rollouts still there: PROBES more rollouts walked to Canary
    (10 orders/s per symbol), and one fault each at a random moment within 2 intervals:
