@@ -4,12 +4,14 @@ server, the client certificate is still presented."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ssl
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import urllib3
@@ -61,14 +63,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _server(pki: Path, cert: str) -> http.server.ThreadingHTTPServer:
+@contextlib.contextmanager
+def _server(pki: Path, cert: str) -> Iterator[int]:
+    """A TLS server presenting `cert` that requires a client certificate our CA signed; its port."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
     context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
     context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
 
 
 def _api_client(pki: Path, port: int) -> client.ApiClient:
@@ -103,9 +110,7 @@ def _contexts(api: client.ApiClient, port: int) -> list[ssl.SSLContext]:
 
 
 def test_every_connection_uses_one_context_and_still_presents_the_client_certificate(pki: Path) -> None:
-    httpd = _server(pki, "server")
-    try:
-        port = httpd.server_address[1]
+    with _server(pki, "server") as port:
         api = _api_client(pki, port)
         assert share_tls_context(api)
         assert _get_concurrently(api, port, 6) == ["client"] * 6  # the server saw our certificate
@@ -118,22 +123,16 @@ def test_every_connection_uses_one_context_and_still_presents_the_client_certifi
         assert _get_concurrently(plain, port, 6) == ["client"] * 6
         per_connection = _contexts(plain, port)
         assert len({id(c) for c in per_connection}) == len(per_connection) >= 2
-    finally:
-        httpd.shutdown()
 
 
 def test_the_shared_context_still_refuses_a_server_our_ca_did_not_sign(pki: Path) -> None:
-    httpd = _server(pki, "impostor")
-    try:
-        port = httpd.server_address[1]
+    with _server(pki, "impostor") as port:
         api = _api_client(pki, port)
         assert share_tls_context(api)
         with pytest.raises(urllib3.exceptions.MaxRetryError) as caught:
             api.rest_client.pool_manager.request("GET", f"https://127.0.0.1:{port}/x", retries=0)
         assert isinstance(caught.value.reason, urllib3.exceptions.SSLError)
         assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.reason)
-    finally:
-        httpd.shutdown()
 
 
 def test_a_proxied_client_is_left_alone(pki: Path) -> None:
