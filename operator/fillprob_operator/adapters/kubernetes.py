@@ -711,9 +711,11 @@ class KubernetesAdapter:
         at least as new as `floor` and as every version this process read or wrote
         (`_cached_or_read`). A cache never says a rollout is gone: that takes a GET."""
         async def read() -> Any:
-            return await self._read(
+            # Only what a GET answered is remembered: the cache is never behind its own answer,
+            # and a body kept per rollout (managedFields and all) is tens of KB.
+            return self._known(KIND, namespace, name, await self._read(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
+            ))
 
         cache = self.caches.rollouts
         body = None
@@ -721,7 +723,7 @@ class KubernetesAdapter:
             body = await self._cached_or_read(KIND, cache, namespace, name, floor, read)
         if body is None:
             body = await read()
-        return self._known(KIND, namespace, name, body)
+        return body
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
