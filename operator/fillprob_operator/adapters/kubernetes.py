@@ -711,11 +711,9 @@ class KubernetesAdapter:
         at least as new as `floor` and as every version this process read or wrote
         (`_cached_or_read`). A cache never says a rollout is gone: that takes a GET."""
         async def read() -> Any:
-            # Only what a GET answered is remembered: the cache is never behind its own answer,
-            # and a body kept per rollout (managedFields and all) is tens of KB.
-            return self._known(KIND, namespace, name, await self._read(
+            return await self._read(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            ))
+            )
 
         cache = self.caches.rollouts
         body = None
@@ -723,7 +721,7 @@ class KubernetesAdapter:
             body = await self._cached_or_read(KIND, cache, namespace, name, floor, read)
         if body is None:
             body = await read()
-        return body
+        return self._known(KIND, namespace, name, body)
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]
