@@ -172,6 +172,10 @@ class FakeCluster:
             "metadata": {"name": f"{name}-{pod_hash}", "namespace": namespace, "labels": labels,
                          "annotations": {"deployment.kubernetes.io/revision": str(revision)},
                          "ownerReferences": [{"uid": dep["metadata"]["uid"], "kind": "Deployment"}]},
+            # the Deployment's template (annotations and all, our restart token too), as the controller copies it
+            "spec": {"replicas": dep["spec"].get("replicas", 1),
+                     "template": {**copy.deepcopy(template),
+                                  "metadata": {**copy.deepcopy(template["metadata"]), "labels": labels}}},
         })
         pods = []
         for i in range(dep["spec"].get("replicas", 1)):

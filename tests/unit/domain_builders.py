@@ -104,6 +104,7 @@ class World:
             env=dict(self.env),
             restart_token=self.token,
             restart_token_at=self.token_at,
+            pods_restart_token=self.token,  # the Deployment controller made the new ReplicaSet at once
             rollout_complete=self.rollout_complete,
             rollout_message="successfully rolled out" if self.rollout_complete else "waiting for rollout",
             new_pods=self.pods if self.rollout_complete else (),

@@ -559,6 +559,33 @@ def r2_enforces_only_listed_symbols(before: Snapshot, after: Snapshot, observati
         )
 
 
+# --------------------------------------------------------------------------- I10
+
+# What the pods logged or reported (the gate table's signals read on pods, not on the spec or env).
+POD_GATE_REASONS = ("CircuitBreakerTripped", "AllOrdersBlocked", "BlocksOutsideAllowlist",
+                    "ThresholdResolutionFailed", "UnexpectedThreshold", "RecommendedThresholdJumped")
+
+
+def pods_judged_are_the_latest_restarts(before: Snapshot, after: Snapshot, observations: Observations) -> None:
+    """I10. API.md, Gates: "Post-restart, on the **new pods only**", and the window's gates on
+    them too. A rollback or halt for what pods logged or reported is decided on the pods of the
+    operator's latest restart (the newest ReplicaSet, once it is that restart's), never on the
+    previous step's pods that the restart is replacing: they carry the previous token, and what
+    they say was answered already (a CB trip answered by R2 must not escalate R2 to R1 before
+    R2's pods exist).
+    """
+    if before.status is None or after.status is None or before.status.restart is None:
+        return
+    judged = [h for h in new_history(before.status.history, after.status.history) if h.reason in POD_GATE_REASONS]
+    if not judged or before.deployment.pods_token == before.status.restart.token:
+        return
+    raise AssertionError(
+        f"I10: {judged[0].action} ({judged[0].reason}) decided on pods of restart {before.deployment.pods_token!r}, "
+        f"not of the latest restart {before.status.restart.token!r} ({_where(before.status)}); "
+        f"new pods observed: {[p.pod for p in observations.deployment.new_pods]}"
+    )
+
+
 ALL = (
     enforcement_widens_only_right_after_the_step_below_passed,
     missing_data_never_widens_nor_rolls_back,
@@ -569,6 +596,7 @@ ALL = (
     every_transition_is_in_history_with_evidence,
     decide_is_deterministic_and_idempotent,
     r2_enforces_only_listed_symbols,
+    pods_judged_are_the_latest_restarts,
 )
 
 

@@ -451,6 +451,22 @@ def test_new_pods_say_what_their_followed_logs_said_and_a_stream_down_is_missing
                            (("grinder-abc-1", "grinder-abc-1-uid"), ("grinder-abc-2", "grinder-abc-2-uid")), "grinder")]
 
 
+def test_the_new_pods_carry_the_newest_replica_sets_restart_token_not_the_deployments():
+    """Right after a patch the Deployment has the new token while its newest ReplicaSet is still
+    the previous step's: the pods observed then are that step's, and say so (CI, chaos run:
+    an R2 escalated to R1 on the CB lines of the pods R2 was replacing)."""
+    dep = deployment()
+    dep["spec"]["template"]["metadata"]["annotations"][RESTART_TOKEN_ANNOTATION] = "4-2"
+    api = FakeApi(dep, [grinder_pod("grinder-abc-1")])
+    api.replica_sets[0]["spec"] = {"template": {"metadata": {"annotations": {RESTART_TOKEN_ANNOTATION: "4-1"}}}}
+    _, seen = observe(api)
+    assert (seen.restart_token, seen.pods_restart_token) == ("4-2", "4-1")
+    assert [p.pod for p in seen.new_pods] == ["grinder-abc-1"]
+    api.replica_sets = []  # no ReplicaSet yet: no pods, nobody's token
+    _, seen = observe(api)
+    assert (seen.restart_token, seen.pods_restart_token, seen.new_pods) == ("4-2", None, ())
+
+
 def test_a_deployment_gone_stops_following_its_pods():
     api = FakeApi(deployment(), [grinder_pod("grinder-abc-1")])
     logs = StubLogs({})

@@ -6,6 +6,8 @@ API.md / notes/design.md require. Named after the promise it holds the domain to
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from invariants import ENFORCE, scope_of
 from test_invariants import MODEL_DIR, NAME, NAMESPACE, Sim, spec_body
 
@@ -227,3 +229,27 @@ def test_a_target_lowered_while_the_deployment_was_missing_rearms_once_it_is_bac
     machine.deployment_recreated()
     assert machine.sim.status.step == "Shadow" and machine.sim.status.reason == "TargetLowered"
     machine.teardown()
+
+
+# --------------------------------------------------------------------------- I10
+
+
+def test_a_cb_trip_answered_by_r2_does_not_escalate_on_the_pods_r2_is_replacing() -> None:
+    """I10 (CI, e2e chaos run): Expand 1/1 trips its breaker, R2 is applied; one second later the
+    Deployment carries R2's token but its newest ReplicaSet, and the pods observed, are still
+    Expand's, CB lines and all. Those were answered by R2: no R1 until R2's own pods say so."""
+    sim = world(spec_body("Expand", batches=(("S4", "S5"),)))
+    walk_until(sim, "Observing", "Expand 1/1")
+    cb = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED symbol=S4 reason=block_rate"
+    sim.pods = tuple(replace(p, cb_lines=(cb,), cb_trips=1.0) for p in sim.pods)
+    sim.tick()
+    assert (sim.status.last_rollback.playbook.value, sim.status.step) == ("R2", "Canary (R2)")
+    r2 = sim.status.restart.token
+    for _ in range(3):  # the Deployment controller has not made R2's ReplicaSet yet
+        sim.advance(2)
+        sim.tick()
+        assert not sim.rs_current and sim.observations().deployment.new_pods
+        assert (sim.status.last_rollback.playbook.value, sim.status.restart.token) == ("R2", r2)
+    sim.complete_rollout()  # R2's pods: clean
+    sim.tick()
+    assert (sim.status.last_rollback.playbook.value, sim.status.restart.token) == ("R2", r2)

@@ -130,6 +130,12 @@ class Sim:
         self.rollout_complete = False
         self.pods: tuple[Pod, ...] = ()
         self.pod_seq = 0
+        # The newest ReplicaSet: its template's restart token, whether it is the Deployment's
+        # current template (False until the Deployment controller makes it, after a template
+        # change), and whether `pods` are its pods (False while its pods are not up yet).
+        self.rs_token: str | None = None
+        self.rs_current = False
+        self.rs_pods = False
         self.next_resolution = "ok"  # what the next pods log: ok | failed
         # Prometheus, logs, the model
         self.metrics_available = True
@@ -156,9 +162,16 @@ class Sim:
     # ------------------------------------------------------------------ the cluster
 
     def template_changed(self) -> None:
-        """A pod template change: the Deployment controller starts a new ReplicaSet."""
+        """A pod template change: the Deployment controller will start a new ReplicaSet; until
+        it does (`make_replica_set`) the newest one, and its pods, are the previous template's."""
         self.dep_generation += 1
         self.rollout_complete = False
+        self.rs_current = False
+
+    def make_replica_set(self) -> None:
+        """The Deployment controller makes the current template's ReplicaSet (no pod up yet)."""
+        if self.exists and not self.rs_current:
+            self.rs_token, self.rs_current, self.rs_pods = self.token, True, False
 
     def complete_rollout(self) -> None:
         """The new ReplicaSet's pods are up, ready and have logged their startup line."""
@@ -176,8 +189,9 @@ class Sim:
             line = (f"FILL_PROB_THRESHOLD_RESOLUTION_OK mode={'auto_apply' if auto else 'recommend_only'} "
                     f"recommended_bps={self.recommended_bps} configured_bps={configured} effective_bps={effective}")
         self.next_resolution = "ok"
+        self.make_replica_set()
         self.pods = tuple(self._pod(env, line) for _ in range(2))
-        self.rollout_complete = True
+        self.rollout_complete = self.rs_pods = True
 
     def _pod(self, env: dict[str, str | None], line: str) -> Pod:
         self.pod_seq += 1
@@ -201,6 +215,7 @@ class Sim:
         self.exists = False
         self.pods = ()
         self.rollout_complete = False
+        self.rs_token, self.rs_current, self.rs_pods = None, False, False
 
     def recreate_deployment(self) -> None:
         """Recreated from git: a new uid, the starting env (with today's model), no restart token."""
@@ -213,6 +228,7 @@ class Sim:
         self.dep_generation = 1
         self.rollout_complete = False
         self.pods = ()
+        self.rs_token, self.rs_current, self.rs_pods = None, False, False
 
     # ------------------------------------------------------------------ what the adapters see
 
@@ -221,7 +237,7 @@ class Sim:
         if not self.exists:
             return Observations(DeploymentObservation(exists=False), MetricsObservation(True, pods={}),
                                 self.job, requests)
-        pods = self.pods if self.rollout_complete else ()
+        pods = self.newest_pods()
         readable = truth or self.logs_readable
         new_pods = tuple(
             PodStartup(p.name, True, p.resolution_line if readable else None,
@@ -233,7 +249,7 @@ class Sim:
             container_names=("grinder",), env=dict(self.env), env_managers=dict(self.env_managers),
             restart_token=self.token, rollout_complete=self.rollout_complete,
             rollout_message="successfully rolled out" if self.rollout_complete else "waiting for rollout to finish",
-            new_pods=new_pods,
+            new_pods=new_pods, pods_restart_token=self.rs_token,
         )
         if self.metrics_available or truth:
             metrics = MetricsObservation(True, pods={p.name: self._metrics(p) for p in pods}, queried_at=self.now)
@@ -265,9 +281,13 @@ class Sim:
     def view(self) -> DeploymentView:
         if not self.exists:
             return DeploymentView(exists=False)
-        pods = self.pods if self.rollout_complete else ()
+        pods = self.newest_pods()
         return DeploymentView(True, self.uid, dict(self.env), self.token, self.rollout_complete,
                               dict(pods[0].env) if pods else None, pods[0].token if pods else None)
+
+    def newest_pods(self) -> tuple[Pod, ...]:
+        """The newest ReplicaSet's pods, up: the previous step's until the new ReplicaSet is made."""
+        return self.pods if self.exists and self.rs_pods else ()
 
     # ------------------------------------------------------------------ what the adapters do
 
@@ -462,6 +482,14 @@ class EverydayChange(RuleBasedStateMachine):
 
     # ---- the Deployment and its pods
 
+    @precondition(lambda self: self.sim.exists and not self.sim.rs_current)
+    @rule()
+    def replica_set_made(self) -> None:
+        """The Deployment controller makes the new ReplicaSet (until then the newest one, and
+        the pods observed, are the previous template's: the previous step's, tripped or not)."""
+        self.sim.make_replica_set()
+        self.sim.tick()
+
     @precondition(lambda self: self.sim.exists and not self.sim.rollout_complete)
     @rule()
     def rollout_completes(self) -> None:
@@ -502,7 +530,7 @@ class EverydayChange(RuleBasedStateMachine):
 
     # ---- what the pods say
 
-    @precondition(lambda self: self.sim.exists and self.sim.rollout_complete and self.sim.pods)
+    @precondition(lambda self: self.sim.newest_pods())
     @rule(via=st.sampled_from(("log", "log", "gauge", "both")), all_pods=st.booleans())
     def circuit_breaker_trips(self, via: str, all_pods: bool) -> None:
         line = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED symbol=S1 reason=block_rate"
@@ -514,7 +542,7 @@ class EverydayChange(RuleBasedStateMachine):
         self.sim.pods = tuple(pods)
         self.sim.tick()
 
-    @precondition(lambda self: self.sim.exists and self.sim.rollout_complete and self.sim.pods)
+    @precondition(lambda self: self.sim.newest_pods())
     @rule(symbol=st.sampled_from(SYMBOLS))
     def symbol_all_blocked(self, symbol: str) -> None:
         self.sim.pods = tuple(replace(p, block_all=symbol) for p in self.sim.pods)

@@ -22,6 +22,7 @@ from fillprob_operator.adapters.watches import (
     newer,
     project_deployment,
     project_pod,
+    project_replica_set,
     rv_int,
 )
 
@@ -113,6 +114,15 @@ def test_projections_keep_what_the_observations_read_and_little_else():
     assert kept["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
     deployment = project_deployment({"metadata": {"name": "d", "managedFields": [{"m": 1}]}, "spec": {"x": 1}})
     assert deployment["metadata"]["managedFields"] == [{"m": 1}] and deployment["spec"] == {"x": 1}
+    # a ReplicaSet: its revision and whose restart its pods are (the template's restart token), no more
+    rs = {"metadata": {"name": "r", "annotations": {"deployment.kubernetes.io/revision": "7", "big": "x" * 1000}},
+          "spec": {"replicas": 2, "template": {"metadata": {"annotations": {"grinder.io/restart-token": "3-2",
+                                                                           "prometheus.io/scrape": "true"}},
+                                               "spec": {"containers": [{"name": "c", "env": [{"name": "E"}]}]}}}}
+    assert project_replica_set(rs) == {
+        "metadata": {"name": "r", "annotations": {"deployment.kubernetes.io/revision": "7"}},
+        "spec": {"template": {"metadata": {"annotations": {"grinder.io/restart-token": "3-2"}}}}}
+    assert project_replica_set({"metadata": {"name": "r"}, "spec": {"template": {}}}) == {"metadata": {"name": "r"}}
 
 
 # -- the thread: list, watch, 410, drops ----------------------------------------------------

@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from .clock import SystemClock
 from .logs import IDLE_READ_SECONDS, KUBELET_LOG_FILE_ERROR, LogFollower
 from .watches import (
+    RESTART_TOKEN_ANNOTATION,
     WATCH_KEEPALIVE,
     ClientSource,
     WatchCache,
@@ -56,7 +57,6 @@ PLURAL = "fillprobrollouts"
 KIND = "FillProbRollout"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-RESTART_TOKEN_ANNOTATION = "grinder.io/restart-token"
 ROLLBACK_ANNOTATION = "grinder.io/rollback"
 ROLLBACK_REASON_ANNOTATION = "grinder.io/rollback-reason"
 # Alerts the Alertmanager receiver accepted, stored on the FillProbRollout until a tick has
@@ -898,8 +898,9 @@ class KubernetesAdapter:
         complete, message = rollout_status(deployment)
         status = deployment.get("status") or {}
         new_pods: tuple[PodStartup, ...] = ()
+        pods_token: str | None = None
         if container is not None:
-            new_pods = await self._new_pods(owner, namespace, deployment, container["name"], floor, as_of)
+            pods_token, new_pods = await self._new_pods(owner, namespace, deployment, container["name"], floor, as_of)
         else:
             await self._follow(owner, namespace, (), "")
             message = f"container {container_name!r} not found; {message}"
@@ -916,6 +917,7 @@ class KubernetesAdapter:
             rollout_complete=complete,
             rollout_message=message,
             new_pods=new_pods,
+            pods_restart_token=pods_token,
         )
 
     def forget_rollout(self, namespace: str, name: str) -> None:
@@ -935,10 +937,10 @@ class KubernetesAdapter:
     async def _new_pods(
         self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str,
         floor: int | None = None, as_of: dict[str, int] | None = None,
-    ) -> tuple[PodStartup, ...]:
-        """`floor`: the rollout's resourceVersion (`_as_of_floor`); the ReplicaSets and pods
-        are also never older than the Deployment they are judged against (as with direct
-        reads, made after the Deployment's)."""
+    ) -> tuple[str | None, tuple[PodStartup, ...]]:
+        """The newest ReplicaSet's restart token and pods. `floor`: the rollout's
+        resourceVersion (`_as_of_floor`); the ReplicaSets and pods are also never older than the
+        Deployment they are judged against (as with direct reads, made after the Deployment's)."""
         as_of = {} if as_of is None else as_of
         dep_rv = rv_int(deployment)
         match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
@@ -968,7 +970,7 @@ class KubernetesAdapter:
                 pod=_meta(pod)["name"], ready=pod_ready(pod), resolution_line=log.resolution_line,
                 circuit_breaker_lines=log.circuit_breaker_lines, log_readable=log.readable,
             ))
-        return tuple(startups)
+        return (restart_token(newest) if newest is not None else None), tuple(startups)
 
     async def _pod_log(
         self, namespace: str, pod: str, container: str, *, strict: bool = False, **kwargs: Any

@@ -74,6 +74,9 @@ def newer(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[s
 
 # -- projections: only what the observations read -----------------------------------------
 
+# The pod template annotation carrying the operator's restart marker (kubernetes.py).
+RESTART_TOKEN_ANNOTATION = "grinder.io/restart-token"
+
 _META_KEYS = ("name", "namespace", "uid", "resourceVersion", "generation", "labels",
               "ownerReferences", "creationTimestamp", "deletionTimestamp")
 
@@ -93,7 +96,12 @@ def project_replica_set(obj: Mapping[str, Any]) -> dict[str, Any]:
     revision = ((obj.get("metadata") or {}).get("annotations") or {}).get("deployment.kubernetes.io/revision")
     if revision is not None:
         meta["annotations"] = {"deployment.kubernetes.io/revision": revision}
-    return {"metadata": meta}
+    # whose restart its pods are (kubernetes.py `_new_pods`): the template's restart token only
+    template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    token = (template.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
+    if token is None:
+        return {"metadata": meta}
+    return {"metadata": meta, "spec": {"template": {"metadata": {"annotations": {RESTART_TOKEN_ANNOTATION: token}}}}}
 
 
 def project_pod(obj: Mapping[str, Any]) -> dict[str, Any]:

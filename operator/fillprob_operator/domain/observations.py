@@ -53,6 +53,10 @@ class DeploymentObservation:
     rollout_message: str = ""
     # Pods of the newest ReplicaSet only (post-restart gates look at these alone).
     new_pods: tuple[PodStartup, ...] = ()
+    # The restart token on the newest ReplicaSet's pod template: whose restart `new_pods` are.
+    # Right after a patch the Deployment carries the new token while its newest ReplicaSet is
+    # still the previous one (the Deployment controller has not made the new one yet).
+    pods_restart_token: str | None = None
 
 
 class JobState(str, enum.Enum):

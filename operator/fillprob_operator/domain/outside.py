@@ -97,7 +97,7 @@ def managed_now(t: Tick) -> AppliedEnv:
 def env_changed(t: Tick) -> None:
     """Compare the Deployment's managed keys with the rung's, once our restart reached it."""
     s = t.s
-    if s.restart is None or not t.our_pods() or s.state is State.PENDING:
+    if s.restart is None or not t.patched() or s.state is State.PENDING:
         return
     theirs, ours = managed_now(t), t.applied
     if theirs == ours:

@@ -33,7 +33,7 @@ def patch_env(t: Tick) -> list[PatchEnv]:
     from .outside import managed_now
 
     s = t.s
-    if s.restart is None or s.state is State.SUSPENDED or t.our_pods() or t.blocker:
+    if s.restart is None or s.state is State.SUSPENDED or t.patched() or t.blocker:
         return []
     if s.state is State.HALTED and not within(t.applied, managed_now(t)):
         return []

@@ -158,9 +158,15 @@ class Tick:
 
     # -- the Deployment ----------------------------------------------------------------
 
-    def our_pods(self) -> bool:
-        """The newest ReplicaSet carries our latest restart token (else: not ours to judge)."""
+    def patched(self) -> bool:
+        """The Deployment carries our latest restart token: our env patch reached it."""
         return self.s.restart is not None and self.obs.deployment.restart_token == self.s.restart.token
+
+    def our_pods(self) -> bool:
+        """The new pods are our latest restart's: the Deployment and its newest ReplicaSet both
+        carry its token (else not ours to judge: right after a patch the newest ReplicaSet's
+        pods are still the previous step's)."""
+        return self.patched() and self.obs.deployment.pods_restart_token == self.s.restart.token  # type: ignore[union-attr]
 
     def rolled_out(self) -> bool:
         d = self.obs.deployment

@@ -52,13 +52,13 @@ def reached(t: Tick) -> None:
     """progressDeadline counts from the moment the patch reached the Deployment (API.md): the
     Deployment's own record of it when the adapter has one, else the first tick that saw it."""
     r = t.s.restart
-    if r is not None and r.reached_at is None and t.our_pods() and t.obs.deployment.restart_token_at is None:
+    if r is not None and r.reached_at is None and t.patched() and t.obs.deployment.restart_token_at is None:
         t.s.restart = r.model_copy(update={"reached_at": t.now})
 
 
 def reached_at(t: Tick) -> datetime | None:
     r = t.s.restart
-    if r is None or not t.our_pods():
+    if r is None or not t.patched():
         return None
     return t.obs.deployment.restart_token_at or r.reached_at
 
