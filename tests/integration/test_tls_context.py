@@ -52,24 +52,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        status, body = self.answer(dict(x[0] for x in self.connection.getpeercert()["subject"])["commonName"])
-        self.send_response(status)
+        peer = self.connection.getpeercert()
+        body = dict(x[0] for x in peer["subject"])["commonName"].encode()
+        self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def answer(self, client_cn: str) -> tuple[int, bytes]:
-        """The client certificate's common name."""
-        return 200, client_cn.encode()
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def _server(pki: Path, cert: str, handler: type = _Handler) -> Iterator[int]:
+def _server(pki: Path, cert: str) -> Iterator[int]:
     """A TLS server presenting `cert` that requires a client certificate our CA signed; its port."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
     context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
     context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
@@ -145,48 +142,3 @@ def test_a_proxied_client_is_left_alone(pki: Path) -> None:
     api = client.ApiClient(configuration)
     assert not share_tls_context(api)
     assert "ssl_context" not in api.rest_client.pool_manager.connection_pool_kw
-
-
-# -- Http2LogStreams: the log streams' own client (httpx), from the same configuration ------
-
-
-class _LogHandler(_Handler):
-    def answer(self, client_cn: str) -> tuple[int, bytes]:
-        """A pod log endpoint: who asked (client certificate, token, query) as one log line; 404
-        for the pod "gone"."""
-        if "/pods/gone/" in self.path:
-            return 404, b'{"kind":"Status","code":404,"message":"pods \\"gone\\" not found"}'
-        auth = self.headers.get("Authorization")
-        return 200, f"2026-12-03T07:00:00.000000000Z cn={client_cn} auth={auth} path={self.path}\n".encode()
-
-
-def test_http2_log_streams_present_the_certificate_and_token_and_verify_the_server(pki: Path) -> None:
-    """Against a TLS server that speaks HTTP/1.1 only: the streams still work (a connection each),
-    with the configuration's CA, client certificate and token; a server our CA did not sign is
-    refused; a refusal carries its HTTP status (404: the pod is gone, nothing is missing)."""
-    import asyncio
-
-    from fillprob_operator.adapters.kubernetes import Http2LogStreams, LogStreamRefused
-
-    with _server(pki, "server", _LogHandler) as port, _server(pki, "impostor", _LogHandler) as impostor:
-        api = _api_client(pki, port)
-        api.configuration.api_key = {"authorization": "Bearer t0ken"}
-
-        async def scenario() -> None:
-            streams = Http2LogStreams(api, timeout=5)
-            response = await streams.open("trading", "p1", "grinder", "2026-12-03T07:00:00Z")
-            body = b"".join([chunk async for chunk in response.chunks()]).decode()
-            await response.aclose()
-            assert response.http_version == "HTTP/1.1"
-            assert "cn=client auth=Bearer t0ken" in body
-            assert "/api/v1/namespaces/trading/pods/p1/log?" in body and "sinceTime=2026-12-03T07%3A00%3A00Z" in body
-            with pytest.raises(LogStreamRefused) as refused:
-                await streams.open("trading", "gone", "grinder", None)
-            assert refused.value.status == 404
-            other = _api_client(pki, impostor)
-            with pytest.raises(Exception) as wrong:
-                await Http2LogStreams(other, timeout=5).open("trading", "p1", "grinder", None)
-            assert "CERTIFICATE_VERIFY_FAILED" in repr(wrong.value) or "certificate verify failed" in str(wrong.value)
-            await streams.aclose()
-
-        asyncio.run(scenario())

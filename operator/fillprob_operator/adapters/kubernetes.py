@@ -22,7 +22,7 @@ import ssl
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from kubernetes.client.exceptions import ApiException
 
@@ -1127,133 +1127,22 @@ def open_log_stream(
     blocking: the streaming urllib3 response, or ApiException. Built by hand because the
     generated client has no `since_time` (the OpenAPI spec lists `sinceSeconds` only, which
     would depend on the node's clock agreeing with ours)."""
-    request = log_request(api_client, namespace, pod, container, since_time)
-    response = api_client.call_api(*request, _request_timeout=(timeout, IDLE_READ_SECONDS))
-    if not 200 <= response.status <= 299:
-        response.read()
-        raise ApiException.from_response(http_resp=response, body=None, data=None)
-    return response.response
-
-
-def log_request(api_client: Any, namespace: str, pod: str, container: str, since_time: str | None) -> tuple:
-    """(method, url, headers, body, post_params) of the follow request, its credentials fresh."""
     if api_client is None:
         raise KubernetesError("no API client to follow pod logs with")
     query: list[tuple[str, Any]] = [("container", container), ("follow", True), ("timestamps", True)]
     if since_time:
         query.append(("sinceTime", since_time))
-    return api_client.param_serialize(
+    request = api_client.param_serialize(
         method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
         path_params={"namespace": namespace, "name": pod}, query_params=query,
         # The API server refuses `Accept: text/plain` here (406); it answers text whatever we accept.
         header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
     )
-
-
-class LogStreamRefused(KubernetesError):
-    """The API server answered the follow request with an error status."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"({status}) {body[:500]}")
-        self.status = status
-
-
-class Http2LogStreams:
-    """Pod log streams as tasks over HTTP/2 (issue 10: the RSS per followed pod): up to
-    `per_connection` streams share one connection (the API server allows 250 at once by
-    default), with no thread per stream. A thread, its connection and its TLS state were about
-    330 KiB per followed pod. Credentials, CA and client certificate come from `api_client`'s
-    configuration (`log_request`, `tls_context`). A server that answers HTTP/1.1 only gets a
-    connection per stream (the client opens them as it needs).
-
-    `open` is `LogFollower`'s `open_async`."""
-
-    def __init__(self, api_client: Any, *, timeout: float, per_connection: int = 100,
-                 socket_options: Iterable[tuple[int, int, int]] = ()) -> None:
-        self._api = api_client
-        self._timeout = timeout
-        self._per = per_connection
-        self._socket_options = list(socket_options)
-        self._verify: Any = tls_context(api_client.configuration) if api_client is not None else True
-        self._clients: list[list[Any]] = []  # [httpx.AsyncClient, streams open on it]
-
-    def _client(self) -> list[Any]:
-        import httpx
-
-        for entry in self._clients:
-            if entry[1] < self._per:
-                break
-        else:
-            transport = httpx.AsyncHTTPTransport(
-                http2=True, verify=self._verify, socket_options=self._socket_options or None,
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=4),
-            )
-            timeout = httpx.Timeout(self._timeout, read=IDLE_READ_SECONDS)
-            entry = [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False), 0]
-            self._clients.append(entry)
-        entry[1] += 1
-        return entry
-
-    async def open(self, namespace: str, pod: str, container: str, since_time: str | None) -> "_Http2LogResponse":
-        import httpx
-
-        method, url, headers, _, _ = log_request(self._api, namespace, pod, container, since_time)
-        entry = self._client()
-        release = functools.partial(self._release, entry)
-        try:
-            response = await entry[0].send(entry[0].build_request(method, url, headers=headers), stream=True)
-        except BaseException:
-            release()
-            raise
-        if not 200 <= response.status_code <= 299:
-            try:
-                body = (await response.aread()).decode(errors="replace")
-            except httpx.HTTPError as exc:
-                body = str(exc)
-            finally:
-                await response.aclose()
-                release()
-            raise LogStreamRefused(response.status_code, body)
-        return _Http2LogResponse(response, release)
-
-    def _release(self, entry: list[Any]) -> None:
-        entry[1] -= 1
-
-    @property
-    def connections(self) -> int:
-        """Clients in use (each multiplexes its streams on one connection when HTTP/2)."""
-        return len(self._clients)
-
-    async def aclose(self) -> None:
-        clients, self._clients = self._clients, []
-        for client, _ in clients:
-            await client.aclose()
-
-
-class _Http2LogResponse:
-    """`logs.AsyncLogResponse` over an httpx streaming response."""
-
-    def __init__(self, response: Any, release: Callable[[], None]) -> None:
-        self._response = response
-        self._release: Callable[[], None] | None = release
-        self.http_version = response.http_version
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        import httpx
-
-        try:
-            async for chunk in self._response.aiter_raw():
-                yield chunk
-        except httpx.ReadTimeout as exc:
-            raise TimeoutError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        try:
-            await self._response.aclose()
-        finally:
-            if self._release is not None:
-                self._release, release = None, self._release
-                release()
+    response = api_client.call_api(*request, _request_timeout=(timeout, IDLE_READ_SECONDS))
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
 
 
 def build_caches(
@@ -1319,37 +1208,15 @@ def share_tls_context(api_client: Any) -> bool:
     return True
 
 
-def tls_context(configuration: Any) -> ssl.SSLContext:
-    """A TLS context from a client configuration (CA, client certificate, verify_ssl), checking
-    the server's name itself (urllib3's contexts leave that to urllib3)."""
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    return context
-
-
-def http2_log_streams_usable(configuration: Any) -> bool:
-    """Whether `Http2LogStreams` can reach the API server as the client would: not through a
-    proxy, with no TLS server name other than the host's, over TLS (HTTP/2 needs it here)."""
-    return (str(configuration.host or "").startswith("https://") and not configuration.proxy
-            and not getattr(configuration, "tls_server_name", None)
-            and not getattr(configuration, "assert_hostname", None))
-
-
 def build_adapter(
     *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16,
     metrics: Any = None, log_streams: int = 200, watch_namespaces: Iterable[str] | None = None,
-    log_transport: str = "http2",
 ) -> KubernetesAdapter:
     """In-cluster config when running in a pod, else the current KUBECONFIG.
 
-    Log streams get a client of their own, never the pool the ticks' requests use, with TCP
-    keepalive so a dead peer is noticed: `Http2LogStreams` (log_transport "http2", when
-    `http2_log_streams_usable`), else a thread and a connection each (a pool as large as the
-    streams allowed).
+    Log streams get a client of their own: each holds a connection for as long as it follows
+    (a pool as large as the streams allowed, TCP keepalive so a dead peer is noticed), and
+    never takes one from the pool the ticks' requests use.
     """
     from kubernetes import client, config
 
@@ -1394,16 +1261,11 @@ def build_adapter(
     caches = None
     if watch_client is not None:
         caches = build_caches(watch_client, watch_namespaces or (), timeout=timeout, count=count)
-    if log_transport == "http2" and http2_log_streams_usable(streams_configuration):
-        streams = Http2LogStreams(streams_client, timeout=timeout,
-                                  socket_options=tcp_keepalive_socket_options(idle=idle, interval=interval, count=count_))
-        logs = LogFollower(open_async=streams.open, aclose=streams.aclose, max_streams=log_streams,
-                           metrics=metrics)
-    else:
-        logs = LogFollower(functools.partial(open_log_stream, streams_client, timeout=timeout),
-                           max_streams=log_streams, metrics=metrics)
-    logger.info("event=log_transport transport=%s", "http2" if logs.asynchronous else "threads")
     return KubernetesAdapter.from_api_client(
         api_client, executor=executor, timeout=timeout, clock=clock, metrics=metrics, close=close,
-        caches=caches, logs=logs,
+        caches=caches,
+        logs=LogFollower(
+            functools.partial(open_log_stream, streams_client, timeout=timeout),
+            max_streams=log_streams, metrics=metrics,
+        ),
     )
