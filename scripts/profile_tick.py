@@ -221,6 +221,9 @@ class World:
             "metadata": {"name": f"{name}-{pod_hash}", "namespace": namespace, "labels": labels,
                          "annotations": {"deployment.kubernetes.io/revision": str(dep["metadata"]["generation"])},
                          "ownerReferences": [{"uid": dep["metadata"]["uid"], "kind": "Deployment"}]},
+            # the Deployment's template as the controller copies it (our restart token with it)
+            "spec": {"template": {**dep["spec"]["template"],
+                                  "metadata": {**dep["spec"]["template"]["metadata"], "labels": labels}}},
         })
         pod = f"{name}-{pod_hash}-x{dep['metadata']['generation']}z"
         self.cluster.put("Pod", {
