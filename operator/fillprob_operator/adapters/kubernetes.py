@@ -38,6 +38,7 @@ from .watches import (
     project_job,
     project_pod,
     project_replica_set,
+    restart_token,
     rv_int,
 )
 from ..domain.actions import EmitEvent, PatchEnv, RunPreflight
@@ -180,11 +181,6 @@ def env_managers(deployment: Mapping[str, Any], container_name: str) -> dict[str
             if key not in newest or seen[0] >= newest[key][0]:
                 newest[key] = seen
     return {key: (value_owner.get(key) or entry_owner.get(key) or (None, ""))[1] for key in keys}
-
-
-def restart_token(deployment: Mapping[str, Any]) -> str | None:
-    template_meta = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    return (template_meta.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
 
 
 def restart_token_at(deployment: Mapping[str, Any]) -> datetime | None:

@@ -77,6 +77,12 @@ def newer(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[s
 # The pod template annotation carrying the operator's restart marker (kubernetes.py).
 RESTART_TOKEN_ANNOTATION = "grinder.io/restart-token"
 
+
+def restart_token(obj: Mapping[str, Any]) -> str | None:
+    """The restart token on a Deployment's or a ReplicaSet's pod template."""
+    template_meta = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (template_meta.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
+
 _META_KEYS = ("name", "namespace", "uid", "resourceVersion", "generation", "labels",
               "ownerReferences", "creationTimestamp", "deletionTimestamp")
 
@@ -97,8 +103,7 @@ def project_replica_set(obj: Mapping[str, Any]) -> dict[str, Any]:
     if revision is not None:
         meta["annotations"] = {"deployment.kubernetes.io/revision": revision}
     # whose restart its pods are (kubernetes.py `_new_pods`): the template's restart token only
-    template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    token = (template.get("annotations") or {}).get(RESTART_TOKEN_ANNOTATION)
+    token = restart_token(obj)
     if token is None:
         return {"metadata": meta}
     return {"metadata": meta, "spec": {"template": {"metadata": {"annotations": {RESTART_TOKEN_ANNOTATION: token}}}}}

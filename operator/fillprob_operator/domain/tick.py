@@ -166,7 +166,8 @@ class Tick:
         """The new pods are our latest restart's: the Deployment and its newest ReplicaSet both
         carry its token (else not ours to judge: right after a patch the newest ReplicaSet's
         pods are still the previous step's)."""
-        return self.patched() and self.obs.deployment.pods_restart_token == self.s.restart.token  # type: ignore[union-attr]
+        token = self.s.restart.token if self.s.restart is not None else None
+        return self.patched() and self.obs.deployment.pods_restart_token == token
 
     def rolled_out(self) -> bool:
         d = self.obs.deployment
