@@ -628,7 +628,8 @@ def main() -> None:
         (logs / "results.json").write_text(json.dumps(rows, indent=1))
     print()
     print(table(rows, args.interval))
-    print(f"Grinders: --sim {args.sim} ({world.image}).")
+    print(f"Grinders: --sim {args.sim} ({world.image}). Pod logs followed over: "
+          f"{os.environ.get('FILLPROB_LOG_TRANSPORT', 'http2')} (FILLPROB_LOG_TRANSPORT).")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def build_runtime(
     memo.kube = kube or build_adapter(
         timeout=config.kubernetes_timeout_seconds, executor=memo.io, clock=clock,
         pool_size=config.io_threads, metrics=memo.metrics, log_streams=config.log_streams,
+        log_transport=config.log_transport,
         watch_namespaces=config.namespaces if config.watch_caches else None,
     )
     memo.gateway = PrometheusGateway(
@@ -292,6 +293,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.gc_pauses.uninstall()
     if "webhook_runner" in memo:
         await memo.webhook_runner.cleanup()
+    if "kube" in memo:
+        await memo.kube.logs.aclose()  # the log streams' connections, on this loop
     for closer in ("gateway", "kube", "metrics"):
         if closer in memo:
             memo[closer].close()

@@ -42,8 +42,12 @@ class Settings:
     peering_lifetime: int = 30
     # Threads for the blocking Kubernetes and Prometheus clients.
     io_threads: int = 16
-    # Pod logs followed at once (one thread and one connection each); a pod past it is missing data.
+    # Pod logs followed at once; a pod past it is missing data.
     log_streams: int = 1000
+    # How they are read: "http2" (tasks on the event loop, many streams per HTTP/2 connection;
+    # a proxied or plain-HTTP API server falls back to threads) or "threads" (a thread and a
+    # connection per stream).
+    log_transport: str = "http2"
     # FillProbRollouts, Deployments, ReplicaSets, Pods and Jobs of the watched namespaces from
     # watch-backed caches (adapters/watches.py); off: every tick reads them directly.
     watch_caches: bool = True
@@ -100,5 +104,16 @@ class Settings:
             peering_lifetime=int(lifetime_text),
             io_threads=max(2, int(env.get("FILLPROB_IO_THREADS", "16"))),
             log_streams=max(1, int(env.get("FILLPROB_LOG_STREAMS", "1000"))),
+            log_transport=log_transport(env.get("FILLPROB_LOG_TRANSPORT", "http2")),
             watch_caches=env.get("FILLPROB_WATCH_CACHES", "on").strip().lower() not in ("off", "0", "false", "no"),
         )
+
+
+LOG_TRANSPORTS = ("http2", "threads")
+
+
+def log_transport(text: str) -> str:
+    value = text.strip().lower() or "http2"
+    if value not in LOG_TRANSPORTS:
+        raise ValueError(f"FILLPROB_LOG_TRANSPORT={text!r}: expected one of {', '.join(LOG_TRANSPORTS)}")
+    return value

@@ -295,6 +295,9 @@ class FakeLogs:
     def close(self) -> None:
         self.followed.clear()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class _Api:
     """One object serves all four API classes; methods are the official client's names."""

@@ -443,6 +443,36 @@ def test_replicas_started_apart_get_distinct_priorities_the_earlier_one_higher()
             Settings.from_env(bad)
 
 
+def test_log_transport_is_http2_by_default_threads_on_request_and_nothing_else():
+    assert Settings.from_env({}).log_transport == "http2"
+    assert Settings.from_env({"FILLPROB_LOG_TRANSPORT": " Threads "}).log_transport == "threads"
+    with pytest.raises(ValueError, match="FILLPROB_LOG_TRANSPORT='h3': expected one of http2, threads"):
+        Settings.from_env({"FILLPROB_LOG_TRANSPORT": "h3"})
+
+
+def test_build_adapter_follows_logs_over_http2_unless_asked_or_unable(tmp_path, monkeypatch):
+    """The transport build_adapter picks: tasks over HTTP/2 for an https API server, threads when
+    asked (FILLPROB_LOG_TRANSPORT=threads) or when the server is plain http (no HTTP/2 there)."""
+    from fillprob_operator.adapters.kubernetes import build_adapter
+
+    def kubeconfig(server: str) -> str:
+        path = tmp_path / f"kubeconfig-{server.split(':')[0]}"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: k, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\n"
+            "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n")
+        return str(path)
+
+    picked = []
+    for server, transport in (("https://127.0.0.1:1", "http2"), ("https://127.0.0.1:1", "threads"),
+                              ("http://127.0.0.1:1", "http2")):
+        monkeypatch.setenv("KUBECONFIG", kubeconfig(server))
+        adapter = build_adapter(timeout=1, executor=None, clock=None, log_transport=transport)
+        picked.append(adapter.logs.asynchronous)
+        adapter.close()
+    assert picked == [True, False, False]
+
+
 def test_handlers_are_registered_for_fillprobrollouts():
     registry = kopf.get_default_registry()
     resource = kopf.Resource("grinder.io", "v1alpha1", "fillprobrollouts")

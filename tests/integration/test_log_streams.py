@@ -45,6 +45,38 @@ CB_LINE = "FILL_PROB_CIRCUIT_BREAKER_TRIPPED block_count=46 rate_pct=92.0 symbol
 
 
 OWNER = ("trading", "grinder")
+TRANSPORT = "threads"
+
+
+@pytest.fixture(autouse=True, params=["threads", "tasks"])
+def transport(request, monkeypatch):
+    """Every test twice: streams read by threads (`open_stream`), and by tasks on the event
+    loop (`open_async`, as over HTTP/2: kubernetes.py `Http2LogStreams`)."""
+    monkeypatch.setitem(globals(), "TRANSPORT", request.param)
+    return request.param
+
+
+class AsyncKubelet:
+    """FakeKubelet's responses, read by a task (`open_async`): each chunk awaited."""
+
+    def __init__(self, kubelet: FakeKubelet) -> None:
+        self.kubelet = kubelet
+
+    async def open(self, namespace, pod, container, since):
+        return AsyncResponse(self.kubelet.open(namespace, pod, container, since))
+
+
+class AsyncResponse:
+    def __init__(self, response) -> None:
+        self.response = response
+
+    async def chunks(self):
+        chunks = self.response.stream()
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.response.close()
 
 
 async def until(predicate, what: str, deadline: float = 10.0):
@@ -57,7 +89,11 @@ async def until(predicate, what: str, deadline: float = 10.0):
 
 def follower_for(kubelet: FakeKubelet, **kwargs) -> tuple[LogFollower, list]:
     woken: list = []
-    follower = LogFollower(kubelet.open, wake=lambda ns, name: woken.append((ns, name)), **kwargs)
+    wake = lambda ns, name: woken.append((ns, name))  # noqa: E731
+    if TRANSPORT == "tasks":
+        follower = LogFollower(open_async=AsyncKubelet(kubelet).open, wake=wake, **kwargs)
+    else:
+        follower = LogFollower(lambda *a: kubelet.open(*a), wake=wake, **kwargs)  # kubelet.open may be replaced
     return follower, woken
 
 
@@ -162,7 +198,7 @@ def test_a_kubelet_that_cannot_read_the_log_file_is_missing_data(newline, error)
         response.chunks.put(END)
         return response
 
-    follower._open = answer_with_error
+    kubelet.open = answer_with_error
 
     async def scenario():
         await look(follower, "p1")
@@ -193,7 +229,7 @@ def test_a_log_is_not_readable_between_the_open_and_the_kubelets_error():
         threading.Thread(target=send, daemon=True).start()
         return response
 
-    follower._open = late_error
+    kubelet.open = late_error
 
     async def scenario():
         seen.append((await look(follower, "p1"))["p1"].readable)  # waits for the first answer
@@ -220,7 +256,7 @@ def test_a_log_with_nothing_to_say_is_readable(ends):
             response.chunks.put(END)
         return response
 
-    follower._open = empty
+    kubelet.open = empty
 
     async def scenario():
         started = time.monotonic()

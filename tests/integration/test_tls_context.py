@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import ssl
-import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,37 +17,16 @@ import urllib3
 from kubernetes import client
 
 from fillprob_operator.adapters.kubernetes import share_tls_context
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _ca(cwd: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
-             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=cwd)
-
-
-def _signed(cwd: Path, ca: str, name: str, *, server: bool) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=cwd)
-    ext = cwd / f"{name}.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "1", "-extfile", ext.name, "-out", f"{name}.crt", cwd=cwd)
-
+from tls_server import make_pki, server_context
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _ca(d, "ca")
-    _ca(d, "other-ca")
-    _signed(d, "ca", "server", server=True)
-    _signed(d, "other-ca", "impostor", server=True)
-    _signed(d, "ca", "client", server=False)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """Answers with the client certificate's common name."""
+
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
@@ -67,10 +45,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def _server(pki: Path, cert: str) -> Iterator[int]:
     """A TLS server presenting `cert` that requires a client certificate our CA signed; its port."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
-    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
-    context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.socket = server_context(pki, cert).wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield httpd.server_address[1]

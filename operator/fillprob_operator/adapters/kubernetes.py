@@ -1123,22 +1123,84 @@ def open_log_stream(
     blocking: the streaming urllib3 response, or ApiException. Built by hand because the
     generated client has no `since_time` (the OpenAPI spec lists `sinceSeconds` only, which
     would depend on the node's clock agreeing with ours)."""
-    if api_client is None:
-        raise KubernetesError("no API client to follow pod logs with")
-    query: list[tuple[str, Any]] = [("container", container), ("follow", True), ("timestamps", True)]
-    if since_time:
-        query.append(("sinceTime", since_time))
-    request = api_client.param_serialize(
-        method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
-        path_params={"namespace": namespace, "name": pod}, query_params=query,
-        # The API server refuses `Accept: text/plain` here (406); it answers text whatever we accept.
-        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-    )
+    request = log_request(api_client, namespace, pod, container, since_time)
     response = api_client.call_api(*request, _request_timeout=(timeout, IDLE_READ_SECONDS))
     if not 200 <= response.status <= 299:
         response.read()
         raise ApiException.from_response(http_resp=response, body=None, data=None)
     return response.response
+
+
+def log_request(api_client: Any, namespace: str, pod: str, container: str, since_time: str | None) -> tuple:
+    """(method, url, headers, body, post_params) of the follow request, its credentials fresh."""
+    if api_client is None:
+        raise KubernetesError("no API client to follow pod logs with")
+    query: list[tuple[str, Any]] = [("container", container), ("follow", True), ("timestamps", True)]
+    if since_time:
+        query.append(("sinceTime", since_time))
+    return api_client.param_serialize(
+        method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
+        path_params={"namespace": namespace, "name": pod}, query_params=query,
+        # The API server refuses `Accept: text/plain` here (406); it answers text whatever we accept.
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+    )
+
+
+class LogStreamRefused(KubernetesError):
+    """The API server answered the follow request with an error status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"({status}) {body[:500]}")
+        self.status = status
+
+
+class Http2LogStreams:
+    """Pod log streams as tasks over HTTP/2 (issue 10: the RSS per followed pod): up to
+    `per_connection` streams share one connection (`http2.Http2Client`: a stream closed early is
+    reset, every wait bounded), with no thread per stream. A thread, its connection and its TLS
+    state were about 330 KiB per followed pod. Credentials, CA and client certificate come from
+    `api_client`'s configuration (`log_request`, `tls_context`), the token fresh for each request.
+
+    `open` is `LogFollower`'s `open_async`."""
+
+    def __init__(self, api_client: Any, *, timeout: float, per_connection: int = 100,
+                 socket_options: Iterable[tuple[int, int, int]] = ()) -> None:
+        from urllib.parse import urlsplit
+
+        from .http2 import Http2Client
+
+        self._api = api_client
+        server = urlsplit(api_client.configuration.host)
+        self._client = Http2Client(
+            server.hostname or "", server.port or 443, tls=tls_context(api_client.configuration),
+            timeout=timeout, idle_read=IDLE_READ_SECONDS, per_connection=per_connection,
+            socket_options=socket_options,
+        )
+
+    async def open(self, namespace: str, pod: str, container: str, since_time: str | None) -> Any:
+        """The follow response (an `http2.Http2Response`), or `LogStreamRefused` with the status."""
+        from urllib.parse import urlsplit
+
+        _, url, headers, _, _ = log_request(self._api, namespace, pod, container, since_time)
+        target = urlsplit(url)
+        response = await self._client.get(f"{target.path}?{target.query}", headers.items())
+        if not 200 <= response.status <= 299:
+            try:
+                body = (await response.read()).decode(errors="replace")
+            except (ConnectionError, TimeoutError) as exc:
+                body = str(exc)
+            finally:
+                await response.aclose()
+            raise LogStreamRefused(response.status, body)
+        return response
+
+    @property
+    def connections(self) -> int:
+        """HTTP/2 connections open now."""
+        return self._client.connections
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def build_caches(
@@ -1204,15 +1266,37 @@ def share_tls_context(api_client: Any) -> bool:
     return True
 
 
+def tls_context(configuration: Any) -> ssl.SSLContext:
+    """A TLS context from a client configuration (CA, client certificate, verify_ssl), checking
+    the server's name itself (urllib3's contexts leave that to urllib3)."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    return context
+
+
+def http2_log_streams_usable(configuration: Any) -> bool:
+    """Whether `Http2LogStreams` can reach the API server as the client would: not through a
+    proxy, with no TLS server name other than the host's, over TLS (HTTP/2 needs it here)."""
+    return (str(configuration.host or "").startswith("https://") and not configuration.proxy
+            and not getattr(configuration, "tls_server_name", None)
+            and not getattr(configuration, "assert_hostname", None))
+
+
 def build_adapter(
     *, timeout: float, executor: Executor | None, clock: Any, pool_size: int = 16,
     metrics: Any = None, log_streams: int = 200, watch_namespaces: Iterable[str] | None = None,
+    log_transport: str = "http2",
 ) -> KubernetesAdapter:
     """In-cluster config when running in a pod, else the current KUBECONFIG.
 
-    Log streams get a client of their own: each holds a connection for as long as it follows
-    (a pool as large as the streams allowed, TCP keepalive so a dead peer is noticed), and
-    never takes one from the pool the ticks' requests use.
+    Log streams get a client of their own, never the pool the ticks' requests use, with TCP
+    keepalive so a dead peer is noticed: `Http2LogStreams` (log_transport "http2", when
+    `http2_log_streams_usable`), else a thread and a connection each (a pool as large as the
+    streams allowed).
     """
     from kubernetes import client, config
 
@@ -1257,11 +1341,16 @@ def build_adapter(
     caches = None
     if watch_client is not None:
         caches = build_caches(watch_client, watch_namespaces or (), timeout=timeout, count=count)
+    if log_transport == "http2" and http2_log_streams_usable(streams_configuration):
+        streams = Http2LogStreams(streams_client, timeout=timeout,
+                                  socket_options=tcp_keepalive_socket_options(idle=idle, interval=interval, count=count_))
+        logs = LogFollower(open_async=streams.open, aclose=streams.aclose, max_streams=log_streams,
+                           metrics=metrics)
+    else:
+        logs = LogFollower(functools.partial(open_log_stream, streams_client, timeout=timeout),
+                           max_streams=log_streams, metrics=metrics)
+    logger.info("event=log_transport transport=%s", "http2" if logs.asynchronous else "threads")
     return KubernetesAdapter.from_api_client(
         api_client, executor=executor, timeout=timeout, clock=clock, metrics=metrics, close=close,
-        caches=caches,
-        logs=LogFollower(
-            functools.partial(open_log_stream, streams_client, timeout=timeout),
-            max_streams=log_streams, metrics=metrics,
-        ),
+        caches=caches, logs=logs,
     )

@@ -12,8 +12,11 @@ the API's precision), so the server resends every line of that second and later,
 `LogCursor` skips those already taken. A stream that is down is missing data until it is
 resumed (API.md, Everyday change: a log that cannot be read is never "the line is not there").
 
-The pure parts (`parse_timestamp`, `LogCursor`, `scan_line`, `LineSplitter`) are unit-tested
-on their own; `LogFollower` does the threads.
+Two ways to read the streams: a thread per stream over a blocking client (`open_stream`, one
+connection each), or a task per stream on the event loop over an asynchronous client
+(`open_async`: kubernetes.py `Http2LogStreams`, many streams multiplexed on one HTTP/2
+connection, no thread). The pure parts (`parse_timestamp`, `LogCursor`, `scan_line`,
+`LineSplitter`) are unit-tested on their own.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from urllib3.exceptions import ReadTimeoutError
 
@@ -177,9 +180,18 @@ Owner = tuple[str, str]  # (namespace, rollout name)
 StreamKey = tuple[str, str, str]  # (namespace, pod uid, container)
 
 
+class AsyncLogResponse(Protocol):
+    """What `open_async` returns: the body as it arrives, and a close. `chunks()` raises
+    `TimeoutError` when nothing arrived for IDLE_READ_SECONDS."""
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class _Stream:
-    """One followed pod log. The reader thread writes the fields under `lock`; the event loop
-    owns `owners` and the waiters' futures."""
+    """One followed pod log. The reader (a thread, or a task) writes the fields under `lock`;
+    the event loop owns `owners` and the waiters' futures."""
 
     def __init__(self, namespace: str, pod: str, uid: str, container: str) -> None:
         self.namespace, self.pod, self.uid, self.container = namespace, pod, uid, container
@@ -197,6 +209,7 @@ class _Stream:
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.stopping = threading.Event()
         self.response: Any = None
+        self.task: asyncio.Task[None] | None = None  # the reader, when it is a task
         # The event loop's: when this pod may wake its rollouts again, and the loop that has a
         # wake waiting for that moment.
         self.wake_at = 0.0
@@ -224,24 +237,33 @@ def interrupt(response: Any) -> None:
 
 
 class LogFollower:
-    """One thread per followed pod log, at most `max_streams`; the rest are missing data.
+    """One reader per followed pod log, at most `max_streams`; the rest are missing data.
 
     `open_stream(namespace, pod, container, since_time)` opens `GET .../pods/<pod>/log?follow=true
     &timestamps=true[&sinceTime=...]` and returns the streaming response (iterable `stream()`,
-    `close()`), raising `ApiException` (or anything else) when it cannot. `wake(namespace, name)`
-    is called (in the event loop) when a resolution or circuit-breaker line arrives.
+    `close()`), raising `ApiException` (or anything else) when it cannot: a thread reads each.
+    Or `open_async` (the same, awaited; an `AsyncLogResponse`): a task on the event loop reads
+    each. Either raises an exception with the HTTP `status` when the server refuses.
+    `wake(namespace, name)` is called (in the event loop) when a resolution or circuit-breaker
+    line arrives.
     """
 
     def __init__(
         self,
-        open_stream: Callable[[str, str, str, str | None], Any],
+        open_stream: Callable[[str, str, str, str | None], Any] | None = None,
         *,
+        open_async: Callable[[str, str, str, str | None], Awaitable[AsyncLogResponse]] | None = None,
+        aclose: Callable[[], Awaitable[None]] | None = None,
         max_streams: int = 200,
         metrics: Any = None,
         wake: Callable[[str, str], None] | None = None,
         quiet_seconds: float = QUIET_SECONDS,
     ) -> None:
+        if (open_stream is None) == (open_async is None):
+            raise ValueError("LogFollower needs exactly one of open_stream, open_async")
         self._open = open_stream
+        self._open_async = open_async
+        self._aclose = aclose
         self._max = max_streams
         self._quiet = quiet_seconds
         self._metrics = metrics
@@ -251,6 +273,11 @@ class LogFollower:
         self._owned: dict[Owner, set[StreamKey]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    @property
+    def asynchronous(self) -> bool:
+        """Tasks on the event loop read the streams (`open_async`), not threads."""
+        return self._open_async is not None
 
     def wake_with(self, wake: Callable[[str, str], None]) -> None:
         self._wake = wake
@@ -299,9 +326,18 @@ class LogFollower:
         for key in list(self._streams):
             self._stop(key)
 
+    async def aclose(self) -> None:
+        """`close`, then the asynchronous client's connections (the operator's cleanup)."""
+        self.close()
+        if self._aclose is not None:
+            await self._aclose()
+
     def _start(self, namespace: str, pod: str, uid: str, container: str) -> _Stream:
         stream = _Stream(namespace, pod, uid, container)
         self._streams[(namespace, uid, container)] = stream
+        if self._open_async is not None:
+            stream.task = asyncio.get_running_loop().create_task(self._follow(stream), name=f"fillprob-log-{pod}")
+            return stream
         threading.Thread(
             target=self._run, args=(stream,), name=f"fillprob-log-{pod}"[:60], daemon=True
         ).start()
@@ -319,6 +355,9 @@ class LogFollower:
         for owner in stream.owners:
             self._disown(owner, key)
         stream.stopping.set()
+        if stream.task is not None:
+            stream.task.cancel()  # its `finally` closes the response
+            return
         with stream.lock:
             response = stream.response
         if response is not None:
@@ -409,14 +448,15 @@ class LogFollower:
         error) makes the stream readable."""
         splitter = LineSplitter()
         for chunk in response.stream(amt=None, decode_content=False):
-            lines = splitter.feed(chunk)
-            for raw in lines:
-                self._take(stream, raw)
-            if lines and not stream.readable:  # a hint read without the lock; _answer checks
-                self._answer(stream, True, connection=connection)
-        rest = splitter.rest
-        if parse_timestamp(rest)[0] is None and KUBELET_LOG_FILE_ERROR.match(rest):
-            raise LogFileError(rest.strip())
+            self._feed(stream, splitter, chunk, connection)
+        _ended(splitter)
+
+    def _feed(self, stream: _Stream, splitter: LineSplitter, chunk: bytes, connection: int) -> None:
+        lines = splitter.feed(chunk)
+        for raw in lines:
+            self._take(stream, raw)
+        if lines and not stream.readable:  # a hint read without the lock; _answer checks
+            self._answer(stream, True, connection=connection)
 
     def _run(self, stream: _Stream) -> None:
         backoff = BACKOFF_START
@@ -464,17 +504,80 @@ class LogFollower:
                     pass
             if stream.stopping.is_set():
                 break
-            if error:
-                # Down until a reconnect answers: missing data, never "no such line".
-                self._answer(stream, False, error)
-            with stream.lock:
-                progressed = (stream.cursor.last, stream.cursor.at_last) != before
-            if progressed or time.monotonic() - started >= HEALTHY_SECONDS:
+            if self._read_ended(stream, error, before, started):
                 backoff = BACKOFF_START
                 continue
             # Ended at once (a terminated container, a kubelet that refuses): wait a little.
             stream.stopping.wait(backoff)
             backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _read_ended(self, stream: _Stream, error: str, before: tuple[int | None, int], started: float) -> bool:
+        """After a connection's read: a drop is missing data until a reconnect answers (never "no
+        such line"). True when the connection was healthy (it delivered, or ran HEALTHY_SECONDS):
+        reopen at once, else after the backoff."""
+        if error:
+            self._answer(stream, False, error)
+        with stream.lock:
+            progressed = (stream.cursor.last, stream.cursor.at_last) != before
+        return progressed or time.monotonic() - started >= HEALTHY_SECONDS
+
+
+    # -- the reader task's side (open_async) ------------------------------------------------
+
+    async def _follow(self, stream: _Stream) -> None:
+        """`_run` as a task: the same answers, resumes and backoff, awaiting instead of blocking."""
+        assert self._open_async is not None
+        backoff = BACKOFF_START
+        while not stream.stopping.is_set():
+            with stream.lock:
+                since = stream.cursor.resume()
+            if self._metrics is not None:
+                self._metrics.kubernetes_requests.labels("follow", "pods/log").inc()
+            try:
+                response = await self._open_async(stream.namespace, stream.pod, stream.container, since)
+            except Exception as exc:  # noqa: BLE001 - every failure is "cannot read now"
+                self._answer(stream, getattr(exc, "status", None) in (400, 404), f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            with stream.lock:
+                stream.opened += 1
+                connection = stream.live = stream.opened
+                before = (stream.cursor.last, stream.cursor.at_last)
+            self._arm_quiet(stream, connection)
+            started, error = time.monotonic(), ""
+            try:
+                await self._read_async(stream, response, connection)
+                self._answer(stream, True, connection=connection)
+            except TimeoutError:
+                pass  # idle for IDLE_READ_SECONDS: a quiet pod, not a drop; open it again
+            except Exception as exc:  # noqa: BLE001 - a drop, a kubelet error
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                with stream.lock:
+                    stream.live = None
+                try:
+                    await response.aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+            if self._read_ended(stream, error, before, started):
+                backoff = BACKOFF_START
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    async def _read_async(self, stream: _Stream, response: AsyncLogResponse, connection: int) -> None:
+        splitter = LineSplitter()
+        async for chunk in response.chunks():
+            self._feed(stream, splitter, chunk, connection)
+        _ended(splitter)
+
+
+def _ended(splitter: LineSplitter) -> None:
+    """The stream ended: an unterminated tail that is the kubelet's error is a drop, not a log."""
+    rest = splitter.rest
+    if parse_timestamp(rest)[0] is None and KUBELET_LOG_FILE_ERROR.match(rest):
+        raise LogFileError(rest.strip())
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
