@@ -130,3 +130,54 @@ def test_pod_logs_are_followed_over_one_http2_connection(k8s_api, ns):
         assert connections_to(host, server.port) == base
 
     asyncio.run(scenario())
+
+
+def long_running_log_requests(api: client.ApiClient) -> float:
+    """The API server's own gauge of the pods/log requests it is serving now (every client's)."""
+    response = api.call_api(*api.param_serialize(method="GET", resource_path="/metrics", auth_settings=["BearerToken"]),
+                            _request_timeout=10)
+    response.read()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in response.data.decode().splitlines()
+               if line.startswith("apiserver_longrunning_requests{")
+               and 'resource="pods"' in line and 'subresource="log"' in line)
+
+
+@pytest.mark.serial(reason="reads the API server's cluster-wide gauge of pods/log requests; every other "
+                           "test's operator follows logs too")
+def test_a_stream_let_go_ends_on_the_api_server_while_the_connection_stays(k8s_api, ns):
+    """What the API server feels when a rollout stops following a pod: that one request ends
+    there at once (RST_STREAM), the others and their connection go on. httpx/httpcore, tried
+    before, left every let-go stream running on the API server until the connection closed."""
+    core = client.CoreV1Api(k8s_api)
+    for pod in PODS:
+        core.create_namespaced_pod(ns, talker(pod))
+    for pod in PODS:
+        wait_for(f"pod {pod} running", lambda p=pod: core.read_namespaced_pod(p, ns).status.phase == "Running",
+                 timeout=120)
+    streams = Http2LogStreams(k8s_api, timeout=10)
+    base = long_running_log_requests(k8s_api)
+
+    async def scenario() -> None:
+        responses = [await streams.open(ns, pod, "grinder", None) for pod in PODS]
+        for response in responses:
+            async for _ in response.chunks():
+                break
+        assert long_running_log_requests(k8s_api) == base + 3
+        await responses[0].aclose()
+        deadline = time.monotonic() + 10
+        while (now := long_running_log_requests(k8s_api)) != base + 2:
+            assert time.monotonic() < deadline, f"the let-go stream still served: {now} (base {base})"
+            await asyncio.sleep(0.2)
+        assert streams.connections == 1
+        for response in responses[1:]:
+            async for _ in response.chunks():  # still delivering
+                break
+            await response.aclose()
+        deadline = time.monotonic() + 10
+        while (now := long_running_log_requests(k8s_api)) != base:
+            assert time.monotonic() < deadline, f"streams still served after every one was let go: {now}"
+            await asyncio.sleep(0.2)
+        assert streams.connections == 1, "letting streams go keeps the connection"
+        await streams.aclose()
+
+    asyncio.run(scenario())
