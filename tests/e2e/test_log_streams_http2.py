@@ -59,6 +59,17 @@ def talker(name: str) -> dict:
                      "terminationGracePeriodSeconds": 2}}
 
 
+def start_talkers(k8s_api: client.ApiClient, ns: str) -> client.CoreV1Api:
+    """The PODS, running."""
+    core = client.CoreV1Api(k8s_api)
+    for pod in PODS:
+        core.create_namespaced_pod(ns, talker(pod))
+    for pod in PODS:
+        wait_for(f"pod {pod} running", lambda p=pod: core.read_namespaced_pod(p, ns).status.phase == "Running",
+                 timeout=120)
+    return core
+
+
 def connections_to(host: str, port: int) -> int:
     """This process's established TCP connections to host:port (/proc: its socket inodes)."""
     inodes = set()
@@ -80,12 +91,7 @@ def connections_to(host: str, port: int) -> int:
 
 
 def test_pod_logs_are_followed_over_one_http2_connection(k8s_api, ns):
-    core = client.CoreV1Api(k8s_api)
-    for pod in PODS:
-        core.create_namespaced_pod(ns, talker(pod))
-    for pod in PODS:
-        wait_for(f"pod {pod} running", lambda p=pod: core.read_namespaced_pod(p, ns).status.phase == "Running",
-                 timeout=120)
+    core = start_talkers(k8s_api, ns)
     server = urlsplit(k8s_api.configuration.host)
     host = "127.0.0.1" if server.hostname == "localhost" else server.hostname
     streams = Http2LogStreams(k8s_api, timeout=10)
@@ -148,12 +154,7 @@ def test_a_stream_let_go_ends_on_the_api_server_while_the_connection_stays(k8s_a
     """What the API server feels when a rollout stops following a pod: that one request ends
     there at once (RST_STREAM), the others and their connection go on. httpx/httpcore, tried
     before, left every let-go stream running on the API server until the connection closed."""
-    core = client.CoreV1Api(k8s_api)
-    for pod in PODS:
-        core.create_namespaced_pod(ns, talker(pod))
-    for pod in PODS:
-        wait_for(f"pod {pod} running", lambda p=pod: core.read_namespaced_pod(p, ns).status.phase == "Running",
-                 timeout=120)
+    core = start_talkers(k8s_api, ns)
     streams = Http2LogStreams(k8s_api, timeout=10)
     base = long_running_log_requests(k8s_api)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from tls_server import H2Server, Reply, Request, make_pki, server_context
+from tls_server import api_client as tls_api_client
 
 from fillprob_operator.adapters.http2 import Http2Client, Http2Unavailable, StreamFailed
 from fillprob_operator.adapters.kubernetes import Http2LogStreams, LogStreamRefused, tls_context
@@ -26,13 +27,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def api_client(pki: Path, port: int) -> client.ApiClient:
-    configuration = client.Configuration()
-    configuration.host = f"https://127.0.0.1:{port}"
-    configuration.ssl_ca_cert = str(pki / "ca.crt")
-    configuration.cert_file = str(pki / "client.crt")
-    configuration.key_file = str(pki / "client.key")
-    configuration.api_key = {"authorization": "Bearer t0ken"}
-    return client.ApiClient(configuration)
+    return tls_api_client(pki, port, token="t0ken")
 
 
 def http2_client(pki: Path, port: int, **kwargs) -> Http2Client:

@@ -17,7 +17,7 @@ import urllib3
 from kubernetes import client
 
 from fillprob_operator.adapters.kubernetes import share_tls_context
-from tls_server import make_pki, server_context
+from tls_server import api_client, make_pki, server_context
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -53,16 +53,6 @@ def _server(pki: Path, cert: str) -> Iterator[int]:
         httpd.shutdown()
 
 
-def _api_client(pki: Path, port: int) -> client.ApiClient:
-    configuration = client.Configuration()
-    configuration.host = f"https://127.0.0.1:{port}"
-    configuration.ssl_ca_cert = str(pki / "ca.crt")
-    configuration.cert_file = str(pki / "client.crt")
-    configuration.key_file = str(pki / "client.key")
-    configuration.connection_pool_maxsize = 8
-    return client.ApiClient(configuration)
-
-
 def _get_concurrently(api: client.ApiClient, port: int, n: int) -> list[str]:
     def get(_: int) -> str:
         return api.rest_client.request("GET", f"https://127.0.0.1:{port}/x").read().decode()
@@ -86,7 +76,7 @@ def _contexts(api: client.ApiClient, port: int) -> list[ssl.SSLContext]:
 
 def test_every_connection_uses_one_context_and_still_presents_the_client_certificate(pki: Path) -> None:
     with _server(pki, "server") as port:
-        api = _api_client(pki, port)
+        api = api_client(pki, port)
         assert share_tls_context(api)
         assert _get_concurrently(api, port, 6) == ["client"] * 6  # the server saw our certificate
         contexts = _contexts(api, port)
@@ -94,7 +84,7 @@ def test_every_connection_uses_one_context_and_still_presents_the_client_certifi
         assert {id(c) for c in contexts} == {id(api.rest_client.pool_manager.connection_pool_kw["ssl_context"])}
 
         # As urllib3 leaves it, a context per connection (what the function is for).
-        plain = _api_client(pki, port)
+        plain = api_client(pki, port)
         assert _get_concurrently(plain, port, 6) == ["client"] * 6
         per_connection = _contexts(plain, port)
         assert len({id(c) for c in per_connection}) == len(per_connection) >= 2
@@ -102,7 +92,7 @@ def test_every_connection_uses_one_context_and_still_presents_the_client_certifi
 
 def test_the_shared_context_still_refuses_a_server_our_ca_did_not_sign(pki: Path) -> None:
     with _server(pki, "impostor") as port:
-        api = _api_client(pki, port)
+        api = api_client(pki, port)
         assert share_tls_context(api)
         with pytest.raises(urllib3.exceptions.MaxRetryError) as caught:
             api.rest_client.pool_manager.request("GET", f"https://127.0.0.1:{port}/x", retries=0)

@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+from kubernetes import client
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -46,6 +47,20 @@ def make_pki(d: Path) -> Path:
     _signed(d, "other-ca", "impostor", server=True)
     _signed(d, "ca", "client", server=False)
     return d
+
+
+def api_client(pki: Path, port: int, token: str | None = None) -> client.ApiClient:
+    """A Kubernetes client configured for a server at 127.0.0.1:port: our CA, our client
+    certificate, and a bearer token when given."""
+    configuration = client.Configuration()
+    configuration.host = f"https://127.0.0.1:{port}"
+    configuration.ssl_ca_cert = str(pki / "ca.crt")
+    configuration.cert_file = str(pki / "client.crt")
+    configuration.key_file = str(pki / "client.key")
+    configuration.connection_pool_maxsize = 8
+    if token:
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
 
 
 def server_context(pki: Path, cert: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
