@@ -177,6 +177,29 @@ def test_a_dropped_connection_fails_every_stream_and_the_next_request_reconnects
         asyncio.run(scenario())
 
 
+def test_a_goaway_fails_every_stream_of_that_connection_and_the_next_request_opens_another(pki):
+    server = H2Server(server_context(pki, "server", ("h2",)), follow)
+    with server.running():
+        async def scenario() -> None:
+            h2 = http2_client(pki, server.port)
+            responses = [await h2.get(f"/logs/{n}", []) for n in range(2)]
+            for response in responses:
+                await first_chunk(response)
+            server.goaway()
+            for response in responses:
+                with pytest.raises(StreamFailed, match="GOAWAY"):
+                    async for _ in response.chunks():
+                        pass
+                await response.aclose()
+            again = await h2.get("/logs/again", [])
+            assert await first_chunk(again) == b"2026-12-03T07:00:00.000000000Z /logs/again\n"
+            assert (server.connections, h2.connections) == (2, 1)
+            await again.aclose()
+            await h2.aclose()
+
+        asyncio.run(scenario())
+
+
 def test_an_unread_stream_does_not_stall_the_others_and_arrives_whole_once_read(pki):
     """1 MiB on one stream (four times its window) while it is not read: another stream on the
     same connection still gets its line; then the big one, read, arrives whole (acknowledged as

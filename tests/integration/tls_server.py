@@ -102,6 +102,7 @@ class H2Server:
         self.resets: list[str] = []
         self.open: dict[tuple[int, int], str] = {}
         self._writers: list[asyncio.StreamWriter] = []
+        self._conns: list[tuple[h2.connection.H2Connection, asyncio.StreamWriter]] = []
         self.loop = asyncio.new_event_loop()
         self.port = 0
 
@@ -116,6 +117,7 @@ class H2Server:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         conn.initiate_connection()
         writer.write(conn.data_to_send())
+        self._conns.append((conn, writer))
         window = asyncio.Event()
         tasks: dict[int, asyncio.Task] = {}
 
@@ -175,6 +177,15 @@ class H2Server:
     def drop_connections(self) -> None:
         """Every connection closed from the server's side, as a restarting API server does."""
         self.call(lambda: [w.transport.abort() for w in self._writers])
+
+    def goaway(self) -> None:
+        """GOAWAY on every connection, the connection left open (an API server shedding
+        connections: `--goaway-chance`, or shutting down)."""
+        def send() -> None:
+            for conn, writer in self._conns:
+                conn.close_connection()
+                writer.write(conn.data_to_send())
+        self.call(send)
 
     @contextlib.contextmanager
     def running(self) -> Iterator["H2Server"]:
