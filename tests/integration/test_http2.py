@@ -153,7 +153,11 @@ def test_a_body_with_nothing_for_idle_read_is_a_timeout(pki):
         asyncio.run(scenario())
 
 
-def test_a_dropped_connection_fails_every_stream_and_the_next_request_reconnects(pki):
+@pytest.mark.parametrize("end, reason", [("drop_connections", "closed the connection|Error"), ("goaway", "GOAWAY")])
+def test_a_connection_that_ends_fails_every_stream_and_the_next_request_opens_another(pki, end, reason):
+    """The server drops the connection (a restarting API server) or sends GOAWAY (one shedding
+    connections, `--goaway-chance`): every stream on it fails, naming why; the next request
+    opens another connection."""
     server = H2Server(server_context(pki, "server", ("h2",)), follow)
     with server.running():
         async def scenario() -> None:
@@ -161,36 +165,13 @@ def test_a_dropped_connection_fails_every_stream_and_the_next_request_reconnects
             responses = [await h2.get(f"/logs/{n}", []) for n in range(2)]
             for response in responses:
                 await first_chunk(response)
-            server.drop_connections()
+            getattr(server, end)()
             for response in responses:
-                with pytest.raises(StreamFailed, match="closed the connection|Error"):
+                with pytest.raises(StreamFailed, match=reason):
                     async for _ in response.chunks():
                         pass
                 await response.aclose()
             assert h2.connections == 0
-            again = await h2.get("/logs/again", [])
-            assert await first_chunk(again) == b"2026-12-03T07:00:00.000000000Z /logs/again\n"
-            assert server.connections == 2
-            await again.aclose()
-            await h2.aclose()
-
-        asyncio.run(scenario())
-
-
-def test_a_goaway_fails_every_stream_of_that_connection_and_the_next_request_opens_another(pki):
-    server = H2Server(server_context(pki, "server", ("h2",)), follow)
-    with server.running():
-        async def scenario() -> None:
-            h2 = http2_client(pki, server.port)
-            responses = [await h2.get(f"/logs/{n}", []) for n in range(2)]
-            for response in responses:
-                await first_chunk(response)
-            server.goaway()
-            for response in responses:
-                with pytest.raises(StreamFailed, match="GOAWAY"):
-                    async for _ in response.chunks():
-                        pass
-                await response.aclose()
             again = await h2.get("/logs/again", [])
             assert await first_chunk(again) == b"2026-12-03T07:00:00.000000000Z /logs/again\n"
             assert (server.connections, h2.connections) == (2, 1)

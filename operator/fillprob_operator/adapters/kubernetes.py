@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
 
@@ -1165,8 +1166,6 @@ class Http2LogStreams:
 
     def __init__(self, api_client: Any, *, timeout: float, per_connection: int = 100,
                  socket_options: Iterable[tuple[int, int, int]] = ()) -> None:
-        from urllib.parse import urlsplit
-
         from .http2 import Http2Client
 
         self._api = api_client
@@ -1179,8 +1178,6 @@ class Http2LogStreams:
 
     async def open(self, namespace: str, pod: str, container: str, since_time: str | None) -> Any:
         """The follow response (an `http2.Http2Response`), or `LogStreamRefused` with the status."""
-        from urllib.parse import urlsplit
-
         _, url, headers, _, _ = log_request(self._api, namespace, pod, container, since_time)
         target = urlsplit(url)
         response = await self._client.get(f"{target.path}?{target.query}", headers.items())
