@@ -179,15 +179,62 @@ def taken_request_keys(status: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+class Wakeup:
+    """One rollout's wake-up, set and awaited on the event loop: what asyncio.Event does for a
+    daemon, for one future and one timer per wait. (Waiting on an Event with a timeout, and on
+    kopf's stop flag beside it, took about five tasks per tick, each cancelled at the end: 0.2 ms
+    of the loop's time per rollout per tick, a sixth of a steady-state tick; issue 10.)"""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        # Usually one: two while a rollout deleted and recreated under its name has two daemons.
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Until set or `timeout` seconds passed; whether it is set."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(max(0.0, timeout), _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.remove(waiter)
+        return self._set
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Wakeups:
-    """One asyncio.Event per rollout: set by the update handlers, awaited by the daemon.
+    """One `Wakeup` per rollout: set by the update handlers and the log streams, awaited by the
+    daemon.
 
     Also the newest resourceVersion kopf's own watch showed of each rollout (`saw`): a tick that
     takes the rollout from the watch-backed cache never takes one older than that (a manual
     rollback or an alert stored by another replica is never missed by a lagging cache)."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._events: dict[tuple[str, str], Wakeup] = {}
         self._seen: dict[tuple[str, str], int] = {}
 
     def saw(self, namespace: str, name: str, resource_version: int | None) -> None:
@@ -198,8 +245,11 @@ class Wakeups:
     def floor(self, namespace: str, name: str) -> int:
         return self._seen.get((namespace, name), 0)
 
-    def event(self, namespace: str, name: str) -> asyncio.Event:
-        return self._events.setdefault((namespace, name), asyncio.Event())
+    def event(self, namespace: str, name: str) -> Wakeup:
+        found = self._events.get((namespace, name))
+        if found is None:
+            found = self._events[(namespace, name)] = Wakeup()
+        return found
 
     def wake(self, namespace: str, name: str) -> None:
         self.event(namespace, name).set()

@@ -700,6 +700,29 @@ def test_kopf_removes_an_old_finalizer_adds_none_and_a_deleted_rollout_stops_its
     asyncio.run(scenario())
 
 
+def test_kopfs_own_stop_flag_ends_the_wait_for_the_next_tick_at_once(world):
+    """A peering pause or the operator's exit sets only kopf's stop flag (kopf's real one here):
+    the daemon leaves its wait at once, not after its 30s interval, and ticks no more."""
+    from kopf._cogs.aiokits import aioenums
+
+    cluster, clock, prometheus, decide, memo = world
+
+    async def scenario():
+        for reason in (kopf.DaemonStoppingReason.OPERATOR_PAUSING, kopf.DaemonStoppingReason.OPERATOR_EXITING):
+            seen = len(decide.seen)
+            setter = aioenums.FlagSetter()
+            daemon = asyncio.create_task(
+                handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=setter.async_waiter, uid="u1")
+            )
+            await until(lambda: len(decide.seen) == seen + 1)
+            await asyncio.sleep(0.05)  # waiting for its next tick now
+            setter.set(reason)
+            await asyncio.wait_for(daemon, 1)
+            assert len(decide.seen) == seen + 1 and memo.running == set() and memo.owners == {}
+
+    asyncio.run(scenario())
+
+
 def test_daemon_of_a_deleted_rollout_leaves_its_successor_alone(world):
     """Deleted and recreated under the same name: the old daemon's exit drops nothing of the new."""
     cluster, clock, prometheus, decide, memo = world

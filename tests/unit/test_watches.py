@@ -564,8 +564,12 @@ def test_a_cached_rollout_is_never_older_than_what_this_process_read_or_wrote_or
             cache.apply_list(NS, [copy.deepcopy(world["obj"])], str(rv))
             delivered = len(log)
         elif kind == "tick":
+            gets = custom.gets
             seen = asyncio.run(read(True))
             assert seen is not None
+            if custom.gets == gets:  # answered by the cache: nothing kept that the cache holds
+                held = adapter._written.get(("FillProbRollout", NS, "r"))
+                assert held is None or rv_int(held) > (cache.state(NS)[1] or 0), "a cached rollout kept"
             seen_rv = rv_int(seen)
             assert seen == next(v for at, v in history if at == seen_rv), "not a version that existed"
             assert seen_rv >= lower, (seen_rv, lower)  # one object: its versions' rvs only grow

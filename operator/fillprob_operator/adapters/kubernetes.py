@@ -708,17 +708,20 @@ class KubernetesAdapter:
         at least as new as `floor` and as every version this process read or wrote
         (`_cached_or_read`). A cache never says a rollout is gone: that takes a GET."""
         async def read() -> Any:
-            return await self._read(
+            return self._known(KIND, namespace, name, await self._read(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
+            ))
 
         cache = self.caches.rollouts
         body = None
         if cached and cache is not None:
+            # An answer from the cache is not remembered: the cache holds it, or a newer one, for
+            # as long as it is fresh (a whole rollout kept per rollout between ticks was about 40
+            # KiB each, for nothing; issue 10). A direct read is: the cache may not have it yet.
             body = await self._cached_or_read(KIND, cache, namespace, name, floor, read)
         if body is None:
             body = await read()
-        return self._known(KIND, namespace, name, body)
+        return body
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status_patch: Mapping[str, Any]

@@ -1,0 +1,82 @@
+"""A rollout's wake-up (reconciler.Wakeup): what asyncio.Event did for the daemons, with one
+future and one timer per wait."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fillprob_operator.reconciler import Wakeup, Wakeups
+
+
+def test_a_wait_ends_when_set_or_when_its_time_is_up():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wake = Wakeup()
+        started = loop.time()
+        assert await wake.wait(0.05) is False  # nobody woke it: the interval passed
+        assert loop.time() - started >= 0.04
+        waiting = asyncio.create_task(wake.wait(30))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        wake.set()
+        assert await asyncio.wait_for(waiting, 1) is True  # at once, not after 30 s
+        assert await asyncio.wait_for(wake.wait(30), 1) is True  # still set: no wait at all
+        wake.clear()
+        assert await wake.wait(0.01) is False
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_before_the_wait_is_not_lost_and_every_waiter_wakes():
+    async def scenario():
+        wake = Wakeup()
+        wake.set()  # a log line arrived while the tick ran
+        assert await asyncio.wait_for(wake.wait(30), 1) is True
+        wake.clear()
+        # A rollout deleted and recreated under its name: two daemons wait on one wake-up.
+        first, second = asyncio.create_task(wake.wait(30)), asyncio.create_task(wake.wait(30))
+        await asyncio.sleep(0.01)
+        wake.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [True, True]
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_wait_leaves_neither_its_timer_nor_its_waiter():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wake = Wakeup()
+        timers = len(loop._scheduled)  # noqa: SLF001 - the loop's pending timers, counted
+        waiting = asyncio.create_task(wake.wait(30))
+        await asyncio.sleep(0.01)
+        assert len(loop._scheduled) == timers + 1  # noqa: SLF001
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert wake._waiters == []  # noqa: SLF001
+        assert all(h.cancelled() for h in loop._scheduled[timers:])  # noqa: SLF001
+        wake.set()  # nothing to wake, no error
+
+    asyncio.run(scenario())
+
+
+def test_wakeups_keep_one_per_rollout_until_dropped():
+    wakeups = Wakeups()
+    assert wakeups.event("ns", "a") is wakeups.event("ns", "a")
+    assert wakeups.event("ns", "a") is not wakeups.event("ns", "b")
+    wakeups.wake("ns", "a")
+    assert wakeups.event("ns", "a").is_set() and not wakeups.event("ns", "b").is_set()
+    wakeups.drop("ns", "a")
+    assert not wakeups.event("ns", "a").is_set()
+
+
+def test_the_first_wait_spreads_daemons_started_together_over_the_interval():
+    from fillprob_operator.handlers import first_wait
+
+    waits = [first_wait(f"uid-{i}", 2.0) for i in range(300)]
+    assert all(0.5 <= w <= 2.0 for w in waits)  # never later than the interval
+    assert first_wait("uid-7", 2.0) == first_wait("uid-7", 2.0)  # fixed per rollout
+    # Spread: no tenth of the span holds more than twice its share of the 300 daemons.
+    slices = [0] * 10
+    for w in waits:
+        slices[min(9, int((w - 0.5) / 1.5 * 10))] += 1
+    assert max(slices) <= 60, slices
