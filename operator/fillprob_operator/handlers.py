@@ -174,6 +174,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # holds the GIL (the event loop) that much less (loop_lag.py measures it).
     gc.collect()
     gc.freeze()
+    memo.gc_freezer = loop_lag.start_keep_frozen()  # and what the rollouts build, once a minute
     memo.gc_pauses = loop_lag.GcPauses().install()
 
     def woke(lag: float) -> None:
@@ -293,6 +294,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await loop_lag.stop(memo.loop_lag)
     if "gc_pauses" in memo:
         memo.gc_pauses.uninstall()
+    if "gc_freezer" in memo:
+        await loop_lag.stop(memo.gc_freezer)
     if "webhook_runner" in memo:
         await memo.webhook_runner.cleanup()
     if "kube" in memo:

@@ -92,3 +92,75 @@ def test_a_real_collection_is_seen_and_the_buffer_is_bounded():
     finally:
         pauses.uninstall()
     assert pauses not in gc.callbacks
+
+
+class _Collector:
+    """Records what keep_frozen asks of the collector."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def unfreeze(self) -> None:
+        self.calls.append("unfreeze")
+
+    def collect(self) -> None:
+        self.calls.append("collect")
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+
+
+def test_keep_frozen_freezes_what_survives_each_period_and_thaws_everything_every_nth():
+    collector, slept = _Collector(), []
+
+    async def sleep(period: float) -> None:
+        slept.append(period)
+        if len(slept) > 6:
+            raise asyncio.CancelledError
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await loop_lag.keep_frozen(60.0, 3, sleep=sleep, collector=collector)
+
+    asyncio.run(scenario())
+    assert slept == [60.0] * 7
+    assert collector.calls == ["collect", "freeze", "collect", "freeze", "unfreeze", "collect", "freeze"] * 2
+
+
+def test_a_cycle_that_dies_while_frozen_is_freed_at_the_next_thaw():
+    """The real collector: what the operator built is frozen; a reference cycle among it that
+    becomes garbage survives the collections in between, and is freed when everything thaws."""
+    import weakref
+
+    class Node:
+        pass
+
+    periods = 0
+
+    async def sleep(period: float) -> None:
+        nonlocal periods
+        periods += 1
+        if periods == 1:
+            return  # the first pass: the cycle is alive, and frozen with the rest
+        if periods == 2:
+            holder.clear()  # the cycle is garbage now, frozen
+            return
+        if periods == 3:
+            assert ref() is not None  # the second pass (no thaw) did not see it
+            return
+        raise asyncio.CancelledError  # after the third pass, a thaw
+
+    node = Node()
+    node.me = node  # a cycle: its reference count never drops to 0
+    holder, ref = [node], weakref.ref(node)
+    del node
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await loop_lag.keep_frozen(1.0, 3, sleep=sleep)
+
+    try:
+        asyncio.run(scenario())
+        assert ref() is None  # the thaw's collection freed it
+    finally:
+        gc.unfreeze()
