@@ -475,7 +475,8 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             "machine_load_1m": round(load, 1), "operator_run_queue_share": round((q1 - q0) / elapsed, 3),
         }
         log(f"N={n}: steady state {json.dumps(row)}")
-        row.update(detect(world, op, probe_ns, args, rng))
+        row.update(detect(world, op, probe_ns, args, rng) if args.probes else {  # --probes 0: steady state only
+            "cb_trip_s": [], "nogo_s": [], "nogo_after_evidence_s": [], "missed": [], "detection_skipped": "--probes 0"})
         row["rss_after_probes_mib"] = op.rss_mib()
         row["threads"] = len(list(Path(f"/proc/{op.proc.pid}/task").iterdir()))
         return row
