@@ -224,10 +224,11 @@ def test_plan_on_a_valid_manifest_prints_the_plan(installed):
     ],
     ids=["cel-rule", "enum", "unknown-field"],
 )
-def test_plan_on_an_invalid_manifest_gives_the_api_servers_message_and_exit_2(installed, mutate):
+def test_plan_on_an_invalid_manifest_gives_the_api_servers_message_and_exit_2(installed, mutate, request):
     doc = yaml.safe_load(EXAMPLE.read_text())
     mutate(doc["spec"])
-    manifest = installed.work / "invalid.yaml"
+    # A file of its own: the cases run side by side (xdist) in the one shared work directory.
+    manifest = installed.work / f"invalid-{request.node.callspec.id}.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     proc = installed.run("plan", "-f", manifest.name)
     assert proc.returncode == cli.EXIT_INVALID, proc.stderr
@@ -263,7 +264,7 @@ def test_krew_shim_runs_the_installed_wheel(installed):
     shim = installed.work / "krew-shim" / "kubectl-fillprob"
     shim.parent.mkdir(exist_ok=True)
     shutil.copy2(REPO / "krew" / "kubectl-fillprob", shim)
-    manifest = installed.work / "rollout.yaml"
+    manifest = installed.work / "rollout-krew.yaml"  # not the plan test's file: they run side by side
     shutil.copy(EXAMPLE, manifest)
     env = installed.env(FILLPROB_PYTHON=str(installed.venv / "bin" / "python"), PATH="/usr/bin:/bin")
     for args, code, text in ((("version",), 0, f"kubectl-fillprob {_project()['version']}"),
