@@ -18,8 +18,9 @@ For each N, in namespaces of its own (up to 10, rollouts spread evenly):
    rollout guarding, nothing changing (steady state). The rollouts are created RAMP at a time,
    the next batch when these are Shadow Observing (their grinders restarted).
 2. Once all are Shadow Observing with their metrics: WINDOW seconds measured from the outside
-   (/proc: CPU, RSS, RSS by kind from smaps) and from the operator's own /metrics (Kubernetes requests it sent, its
-   watches and log streams included; Prometheus queries and samples; event-loop lag).
+   (/proc: CPU, the event loop's thread apart from the others, RSS, RSS by kind from smaps)
+   and from the operator's own /metrics (Kubernetes requests it sent, its watches and log
+   streams included; Prometheus queries and samples; event-loop lag).
 3. Detection, with the N rollouts still there: PROBES more rollouts walked to Canary
    (10 orders/s per symbol), and one fault each at a random moment within 2 intervals:
    half a circuit-breaker trip (`POST /sim/faults {"cbTrip": true}`: one log line and the
@@ -250,6 +251,17 @@ class Operator:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
+    def cpu_by_thread(self) -> dict[int, float]:
+        """CPU seconds by thread id, of the threads alive now (the loop's thread is the pid's)."""
+        out = {}
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
     def run_queue_seconds(self) -> float:
         """Seconds the operator's threads waited for a CPU, runnable (schedstat's second field,
         summed over its threads alive now): how starved the machine left it."""
@@ -433,9 +445,9 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
         log(f"N={n}: all Shadow Observing after {time.monotonic() - t0:.0f}s; settling {args.settle:.0f}s")
         time.sleep(args.settle)
 
-        m0, c0, w0, q0 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds()
+        m0, c0, w0, q0, th0 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds(), op.cpu_by_thread()
         time.sleep(args.window)
-        m1, c1, w1, q1 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds()
+        m1, c1, w1, q1, th1 = op.metrics(), op.cpu_seconds(), time.monotonic(), op.run_queue_seconds(), op.cpu_by_thread()
         load = os.getloadavg()[0]
         rss, rss_kinds = op.rss_mib(), op.rss_by_kind()
         # Steady means steady: every rollout still Observing with its metrics at the end.
@@ -460,8 +472,14 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             (gc_p99,) = lag_quantiles(m0, m1, (0.99,), "fillprob_operator_gc_pause_seconds", generation=generation)
             gc_pauses[f"gen{generation}"] = {"per_s": round(count / elapsed, 2), "time_share": round(spent / elapsed, 4),
                                              "p99_ms": round(gc_p99 * 1000, 1)}
+        # The loop's thread (the pid's own) apart from the others (watches, I/O pool, log threads).
+        by_thread = {tid: th1[tid] - th0.get(tid, 0.0) for tid in th1}
+        loop_share = by_thread.pop(op.proc.pid, 0.0) / elapsed
+        busiest = sorted(by_thread.items(), key=lambda kv: -kv[1])[:5]
         row = {
-            "n": n, "cpu_share": (c1 - c0) / elapsed, "rss_mib": rss, "rss_by_kind": rss_kinds,
+            "n": n, "cpu_share": (c1 - c0) / elapsed, "cpu_loop_thread_share": round(loop_share, 4),
+            "cpu_other_threads_share": round(sum(by_thread.values()) / elapsed, 4),
+            "cpu_busiest_other_threads": {str(tid): round(v / elapsed, 4) for tid, v in busiest}, "rss_mib": rss, "rss_by_kind": rss_kinds,
             "requests_per_rollout_interval": requests / n / intervals,
             "requests_by_kind": {key: round(v, 1) for key, v in sorted(by_verb.items()) if v},
             "queries_per_interval": queries / intervals, "samples_per_interval": samples / intervals,
@@ -574,6 +592,9 @@ def table(rows: list[dict], interval: str) -> str:
                  "seconds per second: " + ", ".join(
                      f"N={r['n']}: {r.get('machine_load_1m', float('nan'))} / {r.get('operator_run_queue_share', float('nan'))}"
                      for r in rows))
+    lines.append("Operator CPU by thread, share of one core: " + "; ".join(
+        f"N={r['n']}: the event loop's {100 * r.get('cpu_loop_thread_share', float('nan')):.1f} %, "
+        f"the other threads' {100 * r.get('cpu_other_threads_share', float('nan')):.1f} %" for r in rows))
     lines.append("RSS by kind at the window's end, MiB (/proc smaps): " + "; ".join(
         f"N={r['n']}: " + ", ".join(f"{k} {v}" for k, v in r.get("rss_by_kind", {}).items()) for r in rows))
     for r in rows:

@@ -65,7 +65,7 @@ from fillprob_operator.adapters.clock import SystemClock  # noqa: E402
 from fillprob_operator.adapters.kubernetes import Caches, KubernetesAdapter  # noqa: E402
 from fillprob_operator.adapters.logs import LogFollower  # noqa: E402
 from fillprob_operator.adapters.watches import (  # noqa: E402
-    WatchCache, project_deployment, project_job, project_pod, project_replica_set,
+    WatchCache, project_deployment, project_job, project_pod, project_replica_set, project_rollout,
 )
 from fillprob_operator.metrics import OperatorMetrics  # noqa: E402
 from fillprob_operator.reconciler import DomainPort  # noqa: E402
@@ -77,10 +77,30 @@ RESOLUTION_OK = (
 )
 SYMBOLS = ("SYM1", "SYM2", "SYM3")
 KINDS = {"deployments": ("Deployment", project_deployment), "replica_sets": ("ReplicaSet", project_replica_set),
-         "pods": ("Pod", project_pod), "jobs": ("Job", project_job), "rollouts": ("FillProbRollout", dict)}
+         "pods": ("Pod", project_pod), "jobs": ("Job", project_job), "rollouts": ("FillProbRollout", project_rollout)}
 
 
 # -- the world -------------------------------------------------------------------------------
+
+
+def fields_of(value: object) -> dict:
+    """The fieldsV1 tree owning every field of `value`, as the API server writes it in
+    managedFields (lists of named objects by `k:{"name":...}`, other lists whole)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict = {".": {}} if value else {}
+    for key, sub in value.items():
+        if isinstance(sub, list) and all(isinstance(x, dict) and "name" in x for x in sub) and sub:
+            out[f"f:{key}"] = {".": {}, **{f'k:{{"name":"{x["name"]}"}}': fields_of(x) for x in sub}}
+        else:
+            out[f"f:{key}"] = fields_of(sub)
+    return out
+
+
+def managed(manager: str, fields: dict, at: str, subresource: str = "") -> dict:
+    entry = {"manager": manager, "operation": "Update", "apiVersion": "v1", "time": at,
+             "fieldsType": "FieldsV1", "fieldsV1": fields}
+    return {**entry, "subresource": subresource} if subresource else entry
 
 
 def deployment(namespace: str, name: str) -> dict:
@@ -89,7 +109,7 @@ def deployment(namespace: str, name: str) -> dict:
         "GRINDER_ARTIFACT_DIR": "/tmp/artifacts", "GRINDER_FILL_MODEL_ENFORCE": "0",
         "GRINDER_FILL_PROB_MIN_BPS": "2500", "GRINDER_SIM_SYMBOLS": ",".join(SYMBOLS),
     }
-    return {
+    obj = {
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "generation": 1},
         "spec": {
@@ -106,6 +126,14 @@ def deployment(namespace: str, name: str) -> dict:
         },
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
     }
+    # managedFields as the bench's grinders carry them (kubectl applied them; the controller
+    # writes the status): the operator reads who set each env entry from them.
+    obj["metadata"]["managedFields"] = [
+        managed("kubectl-client-side-apply", {"f:metadata": fields_of({"labels": {"app": name}}),
+                                              "f:spec": fields_of(obj["spec"])}, "2024-05-01T11:00:00Z"),
+        managed("kube-controller-manager", {"f:status": fields_of(obj["status"])}, "2024-05-01T11:00:05Z", "status"),
+    ]
+    return obj
 
 
 def rollout(namespace: str, name: str, interval: float) -> dict:
@@ -260,6 +288,16 @@ class World:
             states = collections.Counter((o.phase, o.state) for o in outcomes)
             if set(states) == {("Shadow", "Observing")}:
                 break
+        # managedFields as the bench's rollouts carry them: kubectl's (the spec), the operator's
+        # status writes (the status subresource's entry: a quarter of a rollout).
+        for ns, name in self.keys:
+            obj = self.cluster.get("FillProbRollout", ns, name)
+            obj["metadata"]["managedFields"] = [
+                managed("kubectl-client-side-apply", {"f:spec": fields_of(obj["spec"])}, "2024-05-01T11:00:00Z"),
+                managed("fillprob-operator", {"f:status": fields_of(obj.get("status") or {})},
+                        "2024-05-01T12:00:00Z", "status"),
+            ]
+            self.cluster.touch("FillProbRollout", ns, name)
         self.feed.sync()
         print(f"steady state: {dict(states)}")
 

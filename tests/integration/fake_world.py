@@ -221,12 +221,12 @@ class WatchFeed:
     def __init__(self, cluster: "FakeCluster", namespace: str = "trading") -> None:
         from fillprob_operator.adapters.kubernetes import Caches
         from fillprob_operator.adapters.watches import (
-            WatchCache, project_deployment, project_job, project_pod, project_replica_set,
+            WatchCache, project_deployment, project_job, project_pod, project_replica_set, project_rollout,
         )
 
         self.cluster, self.namespace = cluster, namespace
         projections = {"deployments": project_deployment, "replica_sets": project_replica_set,
-                       "pods": project_pod, "jobs": project_job, "rollouts": dict}
+                       "pods": project_pod, "jobs": project_job, "rollouts": project_rollout}
         self.caches = Caches(**{
             attr: WatchCache(kind, source=None, namespaces=(namespace,), project=projections[attr])
             for attr, kind in self.KINDS.items()

@@ -9,6 +9,8 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
 from fillprob_operator.adapters.kubernetes import (
@@ -410,6 +412,9 @@ class StubLogs:
         self.asked.append((owner, namespace, tuple(pods), container))
         return {uid: self.logs.get(uid, PodLog()) for _, uid in pods}
 
+    def forget(self, owner):
+        self.asked.append(("forget", owner))
+
 
 def grinder_pod(name: str) -> dict:
     return {"metadata": {"name": name, "uid": f"{name}-uid", "labels": {"pod-template-hash": "abc"},
@@ -434,6 +439,68 @@ def test_observation_carries_uid_and_env_managers():
     assert seen.uid == "dep-uid"
     assert seen.env_managers["GRINDER_FILL_MODEL_ENFORCE"] == "kubectl-set"
     assert seen.env_managers["GRINDER_FILL_MODEL_DIR"] == ""
+
+
+MANAGERS = ("kubectl-set", "argocd-controller", "fillprob-operator")
+ENV_KEYS = ("GRINDER_FILL_MODEL_ENFORCE", "GRINDER_FILL_MODEL_DIR", "GRINDER_FILL_PROB_ENFORCE_SYMBOLS")
+
+
+@st.composite
+def deployment_versions(draw):
+    """A Deployment's history as a tick sees it: each step a new version (new managedFields, a
+    new restart-token owner, a new resourceVersion), the same version again, or a version the
+    answer gives no resourceVersion (a client that strips it)."""
+    steps = []
+    for rv in range(1, draw(st.integers(1, 8)) + 1):
+        kind = draw(st.sampled_from(["new", "same", "no-rv"]))
+        entries = [
+            {"manager": draw(st.sampled_from(MANAGERS)), "time": f"2024-05-01T12:{draw(st.integers(0, 59)):02d}:00Z",
+             "fieldsV1": env_fields("grinder", *draw(st.lists(st.sampled_from(ENV_KEYS), max_size=3, unique=True)))}
+            for _ in range(draw(st.integers(0, 3)))
+        ]
+        if draw(st.booleans()):
+            entries.append({"manager": "fillprob-operator", "time": f"2024-05-01T13:{rv:02d}:00Z", "fieldsV1": {
+                "f:spec": {"f:template": {"f:metadata": {"f:annotations": {f"f:{RESTART_TOKEN_ANNOTATION}": {}}}}}}})
+        steps.append((kind, entries))
+    return steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(deployment_versions())
+def test_what_managedfields_say_is_never_remembered_past_the_version_it_was_read_from(steps):
+    """Invariant: each observation's `env_managers` and `restart_token_at` are those of the
+    Deployment version it observed, however the versions follow each other; and a version
+    already observed is not walked again (the walk was 0.3 ms a tick, issue 10)."""
+    import fillprob_operator.adapters.kubernetes as kubernetes
+
+    api = FakeApi(deployment(), [])
+    adapter = KubernetesAdapter(core=api, apps=api, batch=None, custom=None, to_dict=copy.deepcopy,
+                                timeout=1.0, logs=StubLogs({}))
+    walks = []
+    real = kubernetes.env_managers
+    kubernetes.env_managers = lambda dep, name: walks.append(rv_of(dep)) or real(dep, name)
+    try:
+        rv = 0
+        for kind, entries in steps:
+            if kind != "same" or rv == 0:
+                rv += 1
+                api.dep = with_managed_fields(*entries)
+                if kind != "no-rv":
+                    api.dep["metadata"]["resourceVersion"] = str(rv)
+            before = len(walks)
+            seen = asyncio.run(adapter.observe_deployment("trading", "grinder", "grinder", rollout="r"))
+            assert seen.env_managers == real(api.dep, "grinder")
+            assert seen.restart_token_at == restart_token_at(api.dep)
+            if kind == "same" and rv_of(api.dep) is not None and before:
+                assert len(walks) == before  # the same version: remembered, not walked
+        adapter.forget_rollout("trading", "r")
+        assert not adapter._managed
+    finally:
+        kubernetes.env_managers = real
+
+
+def rv_of(dep: dict) -> str | None:
+    return dep["metadata"].get("resourceVersion")
 
 
 def test_new_pods_say_what_their_followed_logs_said_and_a_stream_down_is_missing_data():

@@ -23,6 +23,7 @@ from fillprob_operator.adapters.watches import (
     project_deployment,
     project_pod,
     project_replica_set,
+    project_rollout,
     rv_int,
 )
 
@@ -123,6 +124,61 @@ def test_projections_keep_what_the_observations_read_and_little_else():
         "metadata": {"name": "r", "annotations": {"deployment.kubernetes.io/revision": "7"}},
         "spec": {"template": {"metadata": {"annotations": {"grinder.io/restart-token": "3-2"}}}}}
     assert project_replica_set({"metadata": {"name": "r"}, "spec": {"template": {}}}) == {"metadata": {"name": "r"}}
+
+
+ANNOTATIONS = ("grinder.io/rollback", "grinder.io/rollback-reason", "kopf.zalando.org/last-handled-configuration")
+
+
+@st.composite
+def managed_fields(draw):
+    """managedFields as a FillProbRollout gathers them: kubectl's spec and annotations, kopf's
+    annotation, the operator's status writes (the API server checks their shape)."""
+    entries = []
+    for _ in range(draw(st.integers(0, 6))):
+        fields = {}
+        owned = draw(st.lists(st.sampled_from(ANNOTATIONS), max_size=3, unique=True))
+        if owned:
+            fields["f:metadata"] = {"f:annotations": {".": {}, **{f"f:{a}": {} for a in owned}}}
+        if draw(st.booleans()):
+            fields["f:spec"] = {"f:targetPhase": {}}
+        if draw(st.booleans()):
+            fields["f:status"] = {"f:history": {}, "f:conditions": {}}
+        entry = {"manager": draw(st.sampled_from(["kubectl-annotate", "kopf", "fillprob-operator", "argocd"])),
+                 "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": fields,
+                 "apiVersion": "grinder.io/v1alpha1"}
+        if draw(st.booleans()):
+            entry["time"] = f"2026-12-01T12:{draw(st.integers(0, 59)):02d}:00Z"
+        if "f:status" in fields and not owned:
+            entry["subresource"] = "status"
+        entries.append(entry)
+    return entries
+
+
+@settings(max_examples=200, deadline=None)
+@given(managed_fields(), st.sampled_from(["R1", "R2", None]))
+def test_a_cached_rollout_keeps_who_set_each_annotation_and_no_other_managed_field(entries, rollback):
+    """Invariant: the rollout as the cache keeps it (`project_rollout`) names the same owner of
+    every annotation as the rollout itself, so a manual rollback reads the same; everything
+    else but managedFields is kept as it is (the status subresource's entry was a quarter of a
+    rollout, unpickled at every tick: issue 10)."""
+    from fillprob_operator.reconciler import _annotation_owner, rollback_request_from_annotation
+
+    body = {"apiVersion": "grinder.io/v1alpha1", "kind": "FillProbRollout",
+            "metadata": {"name": "r", "namespace": NS, "uid": "u", "resourceVersion": "9",
+                         "annotations": {"grinder.io/rollback": rollback} if rollback else {},
+                         "managedFields": entries},
+            "spec": {"targetPhase": "Canary"}, "status": {"state": "Observing", "history": [{"action": "x"}]}}
+    original = copy.deepcopy(body)
+    kept = project_rollout(body)
+    assert body == original  # the watch's object is not changed
+    for annotation in ANNOTATIONS:
+        assert _annotation_owner(kept, annotation) == _annotation_owner(body, annotation)
+    assert rollback_request_from_annotation(kept) == rollback_request_from_annotation(body)
+    assert {k: v for k, v in kept.items() if k != "metadata"} == {k: v for k, v in body.items() if k != "metadata"}
+    assert {k: v for k, v in kept["metadata"].items() if k != "managedFields"} == {
+        k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    for entry in kept["metadata"]["managedFields"]:
+        assert set(entry["fieldsV1"]) == {"f:metadata"} and set(entry["fieldsV1"]["f:metadata"]) == {"f:annotations"}
 
 
 # -- the thread: list, watch, 410, drops ----------------------------------------------------
@@ -478,6 +534,9 @@ def test_build_caches_makes_one_cache_per_kind_and_counts_its_requests():
                           count=lambda verb, resource: counted.append((verb, resource)))
     assert [c.kind for c in caches.all()] == ["Deployment", "ReplicaSet", "Pod", "Job", "FillProbRollout"]
     assert all(c.scopes == ("a", "b") for c in caches.all())
+    # each kind kept as its projection: the rollouts with their managedFields cut to annotations
+    assert [c.project for c in caches.all()] == [
+        project_deployment, project_replica_set, project_pod, watches.project_job, project_rollout]
     caches.pods._count("watch")
     assert counted == [("watch", "pods")]
 
