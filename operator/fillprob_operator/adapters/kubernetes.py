@@ -935,13 +935,14 @@ class KubernetesAdapter:
         if container is None:
             return {}, restart_token_at(deployment)
         rv = rv_int(deployment)
-        key = (str(_meta(deployment).get("uid") or ""), rv if rv is not None else -1, str(container["name"]))
+        if rv is None:
+            return env_managers(deployment, container["name"]), restart_token_at(deployment)
+        key = (str(_meta(deployment).get("uid") or ""), rv, str(container["name"]))
         kept = self._managed.get(owner)
-        if kept is not None and rv is not None and kept[0] == key:
+        if kept is not None and kept[0] == key:
             return dict(kept[1]), kept[2]
         managers, token_at = env_managers(deployment, container["name"]), restart_token_at(deployment)
-        if rv is not None:
-            self._managed[owner] = (key, dict(managers), token_at)
+        self._managed[owner] = (key, dict(managers), token_at)
         return managers, token_at
 
     def forget_rollout(self, namespace: str, name: str) -> None:
