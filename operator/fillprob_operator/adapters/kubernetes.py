@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .clock import SystemClock
 from .logs import IDLE_READ_SECONDS, KUBELET_LOG_FILE_ERROR, LogFollower
+from .rest import RestApi
 from .watches import (
     RESTART_TOKEN_ANNOTATION,
     WATCH_KEEPALIVE,
@@ -622,10 +623,11 @@ class KubernetesAdapter:
     def from_api_client(cls, api_client: Any, **kwargs: Any) -> "KubernetesAdapter":
         from kubernetes import client
 
+        rest = RestApi(api_client)  # CoreV1, AppsV1, BatchV1: parsed JSON (rest.py)
         return cls(
-            core=client.CoreV1Api(api_client),
-            apps=client.AppsV1Api(api_client),
-            batch=client.BatchV1Api(api_client),
+            core=rest,
+            apps=rest,
+            batch=rest,
             custom=client.CustomObjectsApi(api_client),
             to_dict=api_client.sanitize_for_serialization,
             **{"close": api_client.close, **kwargs},
@@ -1236,7 +1238,7 @@ def build_caches(
     counted as `fillprob_operator_kubernetes_requests_total{verb=list|watch}`."""
     from kubernetes import client
 
-    core, apps, batch = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.BatchV1Api(api_client)
+    core = apps = batch = RestApi(api_client)
     custom = client.CustomObjectsApi(api_client)
     kinds = {
         "deployments": ("Deployment", "deployments", apps.list_namespaced_deployment,
