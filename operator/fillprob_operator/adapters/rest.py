@@ -5,7 +5,7 @@ pydantic `validate_call` over every argument of its OpenAPI operation, with the 
 documentation in its annotations, and each answer is turned into model objects that the
 operator turns back into dicts. Importing the three costs the process about 26 MiB (CoreV1Api
 alone brings in some 250 model classes; issue 10: RSS at most 150 MiB at N=300), and every call
-validates its arguments. The operator makes about fifteen kinds of call; `RestApi` makes them
+validates its arguments. The operator makes 16 kinds of call through them; `RestApi` makes them
 through the same `ApiClient` (`param_serialize` + `call_api`: the same URL, query, headers,
 credentials and pool) under the same method names and arguments, and answers with the JSON the
 API server sent, parsed. Errors are the client's `ApiException` (`from_response`: 404 is a

@@ -390,8 +390,9 @@ class WatchCache:
 
 
 class ClientSource:
-    """`Source` over the official client's list function (e.g. `AppsV1Api.list_namespaced_deployment`
-    and its `..._for_all_namespaces` twin), JSON parsed by us (no model objects: cheaper)."""
+    """`Source` over a list function by the official client's name and arguments (e.g.
+    `RestApi.list_namespaced_deployment` and its `..._for_all_namespaces` twin, rest.py), with
+    `_preload_content=False`: the JSON parsed here, as it is read."""
 
     def __init__(self, namespaced: Callable[..., Any], everywhere: Callable[..., Any], *, timeout: float) -> None:
         self.namespaced, self.everywhere, self.timeout = namespaced, everywhere, timeout
