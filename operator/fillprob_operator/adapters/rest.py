@@ -22,21 +22,16 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-# The generated methods' query arguments the operator passes, by their OpenAPI name, in the
-# order the generated methods send them (the order of their signatures).
+# The generated methods' query arguments the operator passes (no others: an unknown one is a
+# TypeError), by their OpenAPI name, in the order the generated methods send them.
 QUERY = {
     "allow_watch_bookmarks": "allowWatchBookmarks",
     "container": "container",
     "field_manager": "fieldManager",
-    "field_selector": "fieldSelector",
     "label_selector": "labelSelector",
-    "limit": "limit",
     "limit_bytes": "limitBytes",
     "resource_version": "resourceVersion",
-    "since_seconds": "sinceSeconds",
-    "tail_lines": "tailLines",
     "timeout_seconds": "timeoutSeconds",
-    "timestamps": "timestamps",
     "watch": "watch",
 }
 
