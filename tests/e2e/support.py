@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -98,10 +99,31 @@ def get_through_port_forward(kubectl: list[str], namespace: str, pod: str, port:
             forward.wait(10)
 
 
+# Listening ports for the tests' operators: below the kernel's ephemeral range (where a bind to
+# port 0 would pick) and clear of the testbed's own (10000-10259, 19090-19094, 23790, 23800). An
+# operator killed and started again keeps its metrics port, and in between any outgoing
+# connection on the machine may take that number as its local port: the restarted operator's
+# bind then fails (EADDRINUSE) for as long as that connection lives (a watch: minutes). It did,
+# once, in CI (test_chaos_api_server_restarts).
+LISTEN_PORTS = (24000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, outside the ephemeral range."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = LISTEN_PORTS[0], min(LISTEN_PORTS[1], ephemeral_low)
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def ensure_crd(api: client.ApiClient) -> None:
