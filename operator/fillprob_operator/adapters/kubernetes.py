@@ -33,6 +33,7 @@ from .rest import RestApi
 from .watches import (
     RESTART_TOKEN_ANNOTATION,
     WATCH_KEEPALIVE,
+    CacheEntry,
     ClientSource,
     WatchCache,
     newer,
@@ -299,15 +300,28 @@ def newest_replica_set(
     return max(owned, key=_revision, default=None)
 
 
+def _newest_of(uid: str, replica_sets: Iterable[Mapping[str, Any]]) -> tuple[str | None, str | None, str | None] | None:
+    """The Deployment `uid`'s newest ReplicaSet as (its uid, its pod-template-hash label or None,
+    its restart token), or None (`newest_replica_set`)."""
+    newest = newest_replica_set({"metadata": {"uid": uid}}, replica_sets)
+    if newest is None:
+        return None
+    return (_meta(newest).get("uid"), (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH),
+            restart_token(newest))
+
+
 def replica_set_pods(
     replica_set: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
     """Live pods of that ReplicaSet (owned by it, same pod-template-hash), oldest first."""
-    rs_hash = (_meta(replica_set).get("labels") or {}).get(POD_TEMPLATE_HASH)
+    return _pods_of(_meta(replica_set).get("uid"), (_meta(replica_set).get("labels") or {}).get(POD_TEMPLATE_HASH), pods)
+
+
+def _pods_of(uid: str | None, rs_hash: str | None, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     selected = [
         pod
         for pod in pods
-        if _owned_by(pod, _meta(replica_set).get("uid"))
+        if _owned_by(pod, uid)
         and (_meta(pod).get("labels") or {}).get(POD_TEMPLATE_HASH) == rs_hash
         and not _meta(pod).get("deletionTimestamp")
     ]
@@ -567,6 +581,29 @@ def _as_of_floor(as_of: Mapping[str, int], kind: str, floor: int | None) -> int 
     return as_of.get(kind, floor)
 
 
+@dataclass(frozen=True)
+class _DeploymentView:
+    """What a tick derives from one version of the Deployment, for one `containerName`: the
+    next tick that finds the very same bytes in the cache takes it as it is (issue 10: the
+    thaw and the walks were a third of a steady-state tick)."""
+
+    frozen: bytes  # that version, pickled: `patch_env` starts from it
+    container_name: str | None
+    uid: str
+    resource_version: int | None
+    generation: int
+    observed_generation: int
+    container_names: tuple[str, ...]
+    container: str | None  # the managed container's name; None: not found
+    env: Mapping[str, str | None]
+    env_managers: Mapping[str, str]
+    restart_token: str | None
+    restart_token_at: datetime | None
+    rollout_complete: bool
+    rollout_message: str
+    match_labels: tuple[tuple[str, str], ...]
+
+
 class KubernetesAdapter:
     """CoreV1 / AppsV1 / BatchV1 / CustomObjects, each call in `executor` with a timeout."""
 
@@ -605,6 +642,11 @@ class KubernetesAdapter:
         # of the Deployment it last observed: both walk its managedFields (0.3 ms a tick for a
         # kubectl-applied grinder's, issue 10), and one version of an object is one content.
         self._managed: dict[tuple[str, str], tuple[tuple[str, int, str], dict[str, str], datetime | None]] = {}
+        # (namespace, rollout) -> what its last observation derived, and from which bytes: the
+        # Deployment (`_DeploymentView`), and by `_derived` its newest ReplicaSet and that one's
+        # pods. Each holds the cache's own frozen bytes (no copy), until the next observation.
+        self._views: dict[tuple[str, str], _DeploymentView] = {}
+        self._derivations: dict[tuple[str, str], dict[str, tuple[Any, Any]]] = {}
         self._to_dict = to_dict
         self._executor = executor
         self._timeout = timeout
@@ -823,8 +865,8 @@ class KubernetesAdapter:
 
     async def _cached_or_read(
         self, kind: str, cache: Any, namespace: str, name: str, floor: int | None,
-        read: Callable[[], Any], as_of: dict[str, int] | None = None,
-    ) -> dict[str, Any] | None:
+        read: Callable[[], Any], as_of: dict[str, int] | None = None, *, frozen: bool = False,
+    ) -> dict[str, Any] | CacheEntry | None:
         """The object from its cache when that cannot be older than what the tick holds (`floor`,
         the FillProbRollout's resourceVersion) nor than our own last write to it; else `read()`.
 
@@ -834,7 +876,8 @@ class KubernetesAdapter:
         object as of max(H, W): a write after W and before H would be in the cache.
 
         `as_of`, if given, gets `kind` -> the resourceVersion as of which the answer is the
-        object (H, max(H, W), or for a direct read the newer of `floor` and the object's)."""
+        object (H, max(H, W), or for a direct read the newer of `floor` and the object's).
+        `frozen`: an answer from the cache alone comes as its `CacheEntry`, not thawed."""
 
         async def direct() -> dict[str, Any] | None:
             found = await read()
@@ -854,7 +897,7 @@ class KubernetesAdapter:
             return await direct()
         if cache.fresh(namespace, _floor(floor, written_rv) if written is not None else floor):
             self._written.pop((kind, namespace, name), None)  # the cache has it now
-            found = cache.get(namespace, name)
+            found = cache.entry(namespace, name) if frozen else cache.get(namespace, name)
             cached_as_of()
             return found
         if cache.fresh(namespace, floor) and written is not None:
@@ -867,11 +910,11 @@ class KubernetesAdapter:
 
     async def _selected_or_listed(
         self, cache: Any, namespace: str, match_labels: Mapping[str, str], floor: int | None,
-        listing: Callable[[], Any], as_of: tuple[dict[str, int], str] | None = None,
-    ) -> list[dict[str, Any]]:
+        listing: Callable[[], Any], as_of: tuple[dict[str, int], str] | None = None, *, frozen: bool = False,
+    ) -> list[dict[str, Any]] | list[CacheEntry]:
         """As `_cached_or_read`, for the objects a label selector selects (no writes of ours)."""
         if cache is not None and cache.fresh(namespace, floor):
-            found = cache.select(namespace, match_labels)
+            found = cache.entries(namespace, match_labels) if frozen else cache.select(namespace, match_labels)
             if as_of is not None:
                 as_of[0][as_of[1]] = cache.state(namespace)[1] or 0
             return found
@@ -892,42 +935,101 @@ class KubernetesAdapter:
         `_as_of_floor`)."""
         owner = (namespace, rollout or name)
         as_of = self._as_of.setdefault(owner, {})
-        deployment = await self._cached_or_read(
+        found = await self._cached_or_read(
             "Deployment", self.caches.deployments, namespace, name, _as_of_floor(as_of, "Deployment", floor),
-            lambda: self.read_deployment(namespace, name), as_of,
+            lambda: self.read_deployment(namespace, name), as_of, frozen=True,
         )
-        if deployment is None:
+        if found is None:
             self._observed.pop((namespace, name), None)
-            self._managed.pop(owner, None)
+            self._forget_views(owner)
             await self._follow(owner, namespace, (), "")
             return DeploymentObservation(exists=False, rollout_message=f"Deployment {name!r} not found")
-        self._observed[(namespace, name)] = pickle.dumps(deployment, pickle.HIGHEST_PROTOCOL)
-        container = managed_container(deployment, container_name)
-        complete, message = rollout_status(deployment)
-        status = deployment.get("status") or {}
+        view = self._deployment_view(owner, found, container_name)
+        self._observed[(namespace, name)] = view.frozen
+        message = view.rollout_message
         new_pods: tuple[PodStartup, ...] = ()
         pods_token: str | None = None
-        if container is not None:
-            pods_token, new_pods = await self._new_pods(owner, namespace, deployment, container["name"], floor, as_of)
+        if view.container is not None:
+            pods_token, new_pods = await self._new_pods(owner, namespace, view, floor, as_of)
         else:
             await self._follow(owner, namespace, (), "")
             message = f"container {container_name!r} not found; {message}"
-        managers, token_at = self._managed_fields(owner, deployment, container)
         return DeploymentObservation(
             exists=True,
+            uid=view.uid,
+            generation=view.generation,
+            observed_generation=view.observed_generation,
+            container_names=view.container_names,
+            env=dict(view.env),
+            env_managers=dict(view.env_managers),
+            restart_token=view.restart_token,
+            restart_token_at=view.restart_token_at,
+            rollout_complete=view.rollout_complete,
+            rollout_message=message,
+            new_pods=new_pods,
+            pods_restart_token=pods_token,
+        )
+
+    def _deployment_view(
+        self, owner: tuple[str, str], found: dict[str, Any] | CacheEntry, container_name: str | None
+    ) -> _DeploymentView:
+        """The last view when `found` is the same bytes (and the same `containerName`), else a
+        new one. A direct read is pickled to compare: equal bytes, equal content."""
+        if isinstance(found, CacheEntry):
+            frozen, deployment = found.frozen, None
+        else:
+            frozen, deployment = pickle.dumps(found, pickle.HIGHEST_PROTOCOL), found
+        kept = self._views.get(owner)
+        if kept is not None and kept.container_name == container_name and kept.frozen == frozen:
+            return kept
+        if deployment is None:
+            deployment = pickle.loads(frozen)
+        container = managed_container(deployment, container_name)
+        complete, message = rollout_status(deployment)
+        status = deployment.get("status") or {}
+        managers, token_at = self._managed_fields(owner, deployment, container)
+        match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        view = _DeploymentView(
+            frozen=frozen,
+            container_name=container_name,
             uid=_meta(deployment).get("uid") or "",
+            resource_version=rv_int(deployment),
             generation=_meta(deployment).get("generation") or 0,
             observed_generation=status.get("observedGeneration") or 0,
             container_names=tuple(c["name"] for c in pod_template_spec(deployment).get("containers") or ()),
+            container=container["name"] if container is not None else None,
             env=env_literals(container) if container is not None else {},
             env_managers=managers,
             restart_token=restart_token(deployment),
             restart_token_at=token_at,
             rollout_complete=complete,
             rollout_message=message,
-            new_pods=new_pods,
-            pods_restart_token=pods_token,
+            match_labels=tuple((str(k), str(v)) for k, v in match_labels.items()),
         )
+        self._views[owner] = view
+        return view
+
+    def _derived(
+        self, owner: tuple[str, str], what: str, key: Any, found: list[dict[str, Any]] | list[CacheEntry],
+        derive: Callable[[list[dict[str, Any]]], Any],
+    ) -> Any:
+        """`derive(objects)`, remembered for the rollout while `key` and the cache's frozen bytes
+        of `found` stay the same; objects read directly are derived every time. `derive` must
+        return what no one changes (tuples of str, int, bool)."""
+        if not found or not isinstance(found[0], CacheEntry):
+            return derive(found)  # type: ignore[arg-type]
+        frozen = (key, tuple(e.frozen for e in found))  # type: ignore[union-attr]
+        kept = self._derivations.setdefault(owner, {}).get(what)
+        if kept is not None and kept[0] == frozen:
+            return kept[1]
+        value = derive([e.thaw() for e in found])  # type: ignore[union-attr]
+        self._derivations[owner][what] = (frozen, value)
+        return value
+
+    def _forget_views(self, owner: tuple[str, str]) -> None:
+        self._managed.pop(owner, None)
+        self._views.pop(owner, None)
+        self._derivations.pop(owner, None)
 
     def _managed_fields(
         self, owner: tuple[str, str], deployment: Mapping[str, Any], container: Mapping[str, Any] | None
@@ -952,53 +1054,56 @@ class KubernetesAdapter:
         starts for it again (here, after a pause) begins from the rollout's resourceVersion."""
         self.logs.forget((namespace, name))
         self._as_of.pop((namespace, name), None)
-        self._managed.pop((namespace, name), None)
+        self._forget_views((namespace, name))
 
     async def _follow(
-        self, owner: tuple[str, str], namespace: str, pods: Iterable[Mapping[str, Any]], container: str
+        self, owner: tuple[str, str], namespace: str, pods: Iterable[tuple[str, str]], container: str
     ) -> dict[str, Any]:
-        return await self.logs.observe(
-            owner, namespace, [(_meta(p)["name"], _meta(p).get("uid") or _meta(p)["name"]) for p in pods],
-            container, timeout=self._timeout,
-        )
+        """Follow these pods' logs, (name, uid) each, for `owner`."""
+        return await self.logs.observe(owner, namespace, list(pods), container, timeout=self._timeout)
 
     async def _new_pods(
-        self, owner: tuple[str, str], namespace: str, deployment: Mapping[str, Any], container: str,
+        self, owner: tuple[str, str], namespace: str, view: _DeploymentView,
         floor: int | None = None, as_of: dict[str, int] | None = None,
     ) -> tuple[str | None, tuple[PodStartup, ...]]:
         """The newest ReplicaSet's restart token and pods. `floor`: the rollout's
         resourceVersion (`_as_of_floor`); the ReplicaSets and pods are also never older than the
         Deployment they are judged against (as with direct reads, made after the Deployment's)."""
         as_of = {} if as_of is None else as_of
-        dep_rv = rv_int(deployment)
-        match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        match_labels = dict(view.match_labels)
         selector = label_selector(match_labels)
         replica_sets = await self._selected_or_listed(
             self.caches.replica_sets, namespace, match_labels,
-            _floor(_as_of_floor(as_of, "ReplicaSet", floor), dep_rv),
+            _floor(_as_of_floor(as_of, "ReplicaSet", floor), view.resource_version),
             lambda: self._list(self.apps.list_namespaced_replica_set, namespace, label_selector=selector),
-            (as_of, "ReplicaSet"),
+            (as_of, "ReplicaSet"), frozen=True,
         )
-        newest = newest_replica_set(deployment, replica_sets)
-        pods: list[dict[str, Any]] = []
+        # (its uid, its pod-template-hash, its restart token), or None
+        newest = self._derived(owner, "ReplicaSet", view.uid, replica_sets, lambda sets: _newest_of(view.uid, sets))
+        pods: tuple[tuple[str, str, bool], ...] = ()  # (name, uid, ready), oldest first
         if newest is not None:
-            rs_hash = (_meta(newest).get("labels") or {}).get(POD_TEMPLATE_HASH, "")
-            pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={rs_hash}"]))
-            pods = replica_set_pods(newest, await self._selected_or_listed(
-                self.caches.pods, namespace, {**match_labels, POD_TEMPLATE_HASH: rs_hash},
-                _floor(_as_of_floor(as_of, "Pod", floor), dep_rv),
+            rs_uid, rs_hash, _ = newest
+            hash_label = rs_hash if rs_hash is not None else ""
+            pod_selector = ",".join(filter(None, [selector, f"{POD_TEMPLATE_HASH}={hash_label}"]))
+            found = await self._selected_or_listed(
+                self.caches.pods, namespace, {**match_labels, POD_TEMPLATE_HASH: hash_label},
+                _floor(_as_of_floor(as_of, "Pod", floor), view.resource_version),
                 lambda: self._list(self.core.list_namespaced_pod, namespace, label_selector=pod_selector),
-                (as_of, "Pod"),
+                (as_of, "Pod"), frozen=True,
+            )
+            pods = self._derived(owner, "Pod", newest, found, lambda objs: tuple(
+                (_meta(p)["name"], _meta(p).get("uid") or _meta(p)["name"], pod_ready(p))
+                for p in _pods_of(rs_uid, rs_hash, objs)
             ))
-        logs = await self._follow(owner, namespace, pods, container)
+        logs = await self._follow(owner, namespace, ((name, uid) for name, uid, _ in pods), view.container or "")
         startups = []
-        for pod in pods:
-            log = logs[_meta(pod).get("uid") or _meta(pod)["name"]]
+        for name, uid, ready in pods:
+            log = logs[uid]
             startups.append(PodStartup(
-                pod=_meta(pod)["name"], ready=pod_ready(pod), resolution_line=log.resolution_line,
+                pod=name, ready=ready, resolution_line=log.resolution_line,
                 circuit_breaker_lines=log.circuit_breaker_lines, log_readable=log.readable,
             ))
-        return (restart_token(newest) if newest is not None else None), tuple(startups)
+        return (newest[2] if newest is not None else None), tuple(startups)
 
     async def _pod_log(
         self, namespace: str, pod: str, container: str, *, strict: bool = False, **kwargs: Any

@@ -172,6 +172,9 @@ class _Entry(NamedTuple):
         return pickle.loads(self.frozen)
 
 
+CacheEntry = _Entry
+
+
 def _entry(projection: Mapping[str, Any]) -> _Entry:
     # The JSON form: what a reader got when reads copied through JSON (tuples are lists).
     plain = json.loads(json.dumps(projection))
@@ -269,19 +272,27 @@ class WatchCache:
             return store.synced and store.high_water is not None and store.high_water >= floor
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        scope = self._scope(namespace)
-        with self._lock:
-            found = self._stores[scope].objects.get(f"{namespace}/{name}") if scope is not None else None
+        found = self.entry(namespace, name)
         return found.thaw() if found is not None else None
 
     def select(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [e.thaw() for e in self.entries(namespace, match_labels)]
+
+    def entry(self, namespace: str, name: str) -> CacheEntry | None:
+        """The object still frozen: a reader that has derived what it needs from the same bytes
+        before need not thaw them again (kubernetes.py, `observe_deployment`)."""
+        scope = self._scope(namespace)
+        with self._lock:
+            return self._stores[scope].objects.get(f"{namespace}/{name}") if scope is not None else None
+
+    def entries(self, namespace: str, match_labels: Mapping[str, str]) -> list[CacheEntry]:
+        """`select`, frozen, in the same order (by namespace/name)."""
         scope = self._scope(namespace)
         if scope is None:
             return []
         with self._lock:
             store = self._stores[scope]
-            found = [store.objects[key] for key in sorted(store.keys(namespace, match_labels))]
-        return [e.thaw() for e in found]
+            return [store.objects[key] for key in sorted(store.keys(namespace, match_labels))]
 
     def state(self, namespace: str) -> tuple[bool, int | None]:
         """(synced, high-water mark), for logs and tests."""
