@@ -3,7 +3,7 @@
 
 `PYTHONPATH=operator .venv/bin/python scripts/profile_tick.py [--rollouts 300] [--namespaces 10]
 [--interval 2] [--intervals 5] [--daemons-seconds 10] [--top 25] [--no-profile]
-[--gc-threshold A,B,C]... [--memory]`
+[--gc-threshold A,B,C]... [--memory] [--views-ab K]`
 
 The real `Reconciler`, executor, `KubernetesAdapter` (its watch-backed caches filled from the
 fake API's objects, as their watch threads would), `LogFollower` (one followed stream per pod,
@@ -32,6 +32,9 @@ the real domain (no preflight), then:
    kubernetes client, pydantic, the stand-ins of this script, ...), per rollout, and the
    operator's own top lines. The tracing slows everything: the other figures of such a run are
    not comparable with a run without it.
+5. With `--views-ab K`: 2K more intervals, taking turns between what `observe_deployment`
+   derived kept from the last tick (as the operator runs) and cleared before the interval
+   (derived again from the thawed objects): the median CPU per tick of each.
 
 The machine is shared: compare the figures with each other, within one run.
 """
@@ -425,6 +428,8 @@ async def main() -> None:
                         help="gc.set_threshold(a,b,c) for one more daemons' run (repeatable), e.g. 700,10,10")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--memory", action="store_true", help="trace allocations: live memory by package")
+    parser.add_argument("--views-ab", type=int, default=0, metavar="K",
+                        help="K intervals with observe_deployment's derived views kept, K with them cleared, taking turns")
     args = parser.parse_args()
     if args.memory:
         tracemalloc.start(1)
@@ -454,6 +459,19 @@ async def main() -> None:
     if args.memory:
         memory_report(tracemalloc.take_snapshot(), n, args.top)
         tracemalloc.stop()
+
+    if args.views_ab:
+        # The same world, intervals taking turns: what observe_deployment derived kept from the
+        # last tick (as the operator runs), or cleared before the interval (derived again).
+        kube, per_tick = world.memo.reconciler.kube, {"kept": [], "cleared": []}
+        for i in range(2 * args.views_ab):
+            mode = "kept" if i % 2 else "cleared"
+            if mode == "cleared":
+                kube._views.clear()
+                kube._derivations.clear()
+            per_tick[mode] += [c / n * 1000 for c in await intervals(world, 1)]
+        print(f"\n== views kept / cleared, {args.views_ab} intervals each, taking turns: CPU per tick (ms) median "
+              + " / ".join(f"{statistics.median(v):.3f}" for v in per_tick.values()))
 
     if not args.no_profile:
         profiler = cProfile.Profile()
