@@ -494,7 +494,7 @@ def test_what_managedfields_say_is_never_remembered_past_the_version_it_was_read
             if kind == "same" and rv_of(api.dep) is not None and before:
                 assert len(walks) == before  # the same version: remembered, not walked
         adapter.forget_rollout("trading", "r")
-        assert not adapter._managed
+        assert not adapter._views
     finally:
         kubernetes.env_managers = real
 

@@ -169,7 +169,7 @@ def test_a_remembered_observation_is_what_a_fresh_one_of_the_same_objects_says(s
             if what == "same":
                 assert kube._views.get(OWNER) is before[0]
     kube.forget_rollout(*OWNER)
-    assert not kube._views and not kube._derivations and not kube._managed
+    assert not kube._views and not kube._derivations
 
 
 def test_the_rollbacks_patch_starts_from_the_caches_bytes_not_a_copy():

@@ -638,13 +638,11 @@ class KubernetesAdapter:
         # from it, on condition that it is still current, instead of reading it again. Pickled:
         # kept between ticks, one per rollout, it is a tenth of its size as dicts and lists.
         self._observed: dict[tuple[str, str], bytes] = {}
-        # (namespace, rollout) -> ((uid, resourceVersion, container), env_managers, restart_token_at)
-        # of the Deployment it last observed: both walk its managedFields (0.3 ms a tick for a
-        # kubectl-applied grinder's, issue 10), and one version of an object is one content.
-        self._managed: dict[tuple[str, str], tuple[tuple[str, int, str], dict[str, str], datetime | None]] = {}
         # (namespace, rollout) -> what its last observation derived, and from which bytes: the
-        # Deployment (`_DeploymentView`), and by `_derived` its newest ReplicaSet and that one's
-        # pods. Each holds the cache's own frozen bytes (no copy), until the next observation.
+        # Deployment (`_DeploymentView`: its env managers and restart-token time walk its
+        # managedFields, 0.3 ms a tick for a kubectl-applied grinder's, issue 10), and by
+        # `_derived` its newest ReplicaSet and that one's pods. Each holds the cache's own frozen
+        # bytes (no copy), until the next observation.
         self._views: dict[tuple[str, str], _DeploymentView] = {}
         self._derivations: dict[tuple[str, str], dict[str, tuple[Any, Any]]] = {}
         self._to_dict = to_dict
@@ -987,7 +985,6 @@ class KubernetesAdapter:
         container = managed_container(deployment, container_name)
         complete, message = rollout_status(deployment)
         status = deployment.get("status") or {}
-        managers, token_at = self._managed_fields(owner, deployment, container)
         match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         view = _DeploymentView(
             frozen=frozen,
@@ -999,9 +996,9 @@ class KubernetesAdapter:
             container_names=tuple(c["name"] for c in pod_template_spec(deployment).get("containers") or ()),
             container=container["name"] if container is not None else None,
             env=env_literals(container) if container is not None else {},
-            env_managers=managers,
+            env_managers=env_managers(deployment, container["name"]) if container is not None else {},
             restart_token=restart_token(deployment),
-            restart_token_at=token_at,
+            restart_token_at=restart_token_at(deployment),
             rollout_complete=complete,
             rollout_message=message,
             match_labels=tuple((str(k), str(v)) for k, v in match_labels.items()),
@@ -1027,27 +1024,8 @@ class KubernetesAdapter:
         return value
 
     def _forget_views(self, owner: tuple[str, str]) -> None:
-        self._managed.pop(owner, None)
         self._views.pop(owner, None)
         self._derivations.pop(owner, None)
-
-    def _managed_fields(
-        self, owner: tuple[str, str], deployment: Mapping[str, Any], container: Mapping[str, Any] | None
-    ) -> tuple[dict[str, str], datetime | None]:
-        """`env_managers` and `restart_token_at` of this Deployment, remembered per rollout for
-        the version it last observed (a version without a resourceVersion is walked every time)."""
-        if container is None:
-            return {}, restart_token_at(deployment)
-        rv = rv_int(deployment)
-        if rv is None:
-            return env_managers(deployment, container["name"]), restart_token_at(deployment)
-        key = (str(_meta(deployment).get("uid") or ""), rv, str(container["name"]))
-        kept = self._managed.get(owner)
-        if kept is not None and kept[0] == key:
-            return dict(kept[1]), kept[2]
-        managers, token_at = env_managers(deployment, container["name"]), restart_token_at(deployment)
-        self._managed[owner] = (key, dict(managers), token_at)
-        return managers, token_at
 
     def forget_rollout(self, namespace: str, name: str) -> None:
         """The rollout's daemon stopped here: its pods' log streams stop, and a daemon that
