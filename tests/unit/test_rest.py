@@ -172,3 +172,26 @@ def test_the_operators_adapter_never_imports_the_generated_api_classes(tmp_path:
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_adapter_takes_plain_answers_as_they_are_and_serializes_models() -> None:
+    """`plain_answer`, the adapter's `to_dict` (`from_api_client`): the JSON an answer was
+    parsed from is not copied again; a generated model (discovery through CustomObjectsApi)
+    still comes out as the JSON the client would send."""
+    from fillprob_operator.adapters.kubernetes import KubernetesAdapter, plain_answer
+
+    api_client = client.ApiClient(client.Configuration())
+    answer = {"metadata": {"name": "grinder", "labels": {"app": "grinder"}}, "items": [1, 2.5, "x", None]}
+    assert plain_answer(api_client, answer) is answer
+    adapter = KubernetesAdapter.from_api_client(api_client)
+    assert adapter._to_dict(answer) is answer
+    adapter.close()
+    assert plain_answer(api_client, None) is None and plain_answer(api_client, "log text\n") == "log text\n"
+    model = client.V1APIResourceList(group_version="grinder.io/v1alpha1", resources=[client.V1APIResource(
+        name="fillprobrollouts", kind="FillProbRollout", namespaced=True, singular_name="fillprobrollout",
+        verbs=["get", "list"])])
+    assert plain_answer(api_client, model) == api_client.sanitize_for_serialization(model) == {
+        "groupVersion": "grinder.io/v1alpha1",
+        "resources": [{"kind": "FillProbRollout", "name": "fillprobrollouts", "namespaced": True,
+                       "singularName": "fillprobrollout", "verbs": ["get", "list"]}],
+    }

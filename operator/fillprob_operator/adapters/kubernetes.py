@@ -581,6 +581,15 @@ def _as_of_floor(as_of: Mapping[str, int], kind: str, floor: int | None) -> int 
     return as_of.get(kind, floor)
 
 
+def plain_answer(api_client: Any, answer: Any) -> Any:
+    """An answer as plain JSON values: the JSON the API server sent (RestApi's, and the custom
+    objects') as it is; a generated model (discovery through CustomObjectsApi) serialized by the
+    client. `sanitize_for_serialization` copied every plain answer deeply for nothing."""
+    if answer is None or isinstance(answer, (dict, list, str, int, float)):
+        return answer
+    return api_client.sanitize_for_serialization(answer)
+
+
 @dataclass(frozen=True)
 class _DeploymentView:
     """What a tick derives from one version of the Deployment, for one `containerName`: the
@@ -669,7 +678,7 @@ class KubernetesAdapter:
             apps=rest,
             batch=rest,
             custom=client.CustomObjectsApi(api_client),
-            to_dict=api_client.sanitize_for_serialization,
+            to_dict=functools.partial(plain_answer, api_client),
             **{"close": api_client.close, **kwargs},
         )
 
