@@ -157,7 +157,7 @@ def project_job(obj: Mapping[str, Any]) -> dict[str, Any]:
 # -- the store -----------------------------------------------------------------------------
 
 
-class _Entry(NamedTuple):
+class CacheEntry(NamedTuple):
     """One object in a store: what `select` filters on, and the projection itself, frozen as
     pickled bytes of its JSON form. Each reader gets a fresh copy (`thaw`), so no tick can
     change what the next one reads; freezing once per watch event instead of copying at each
@@ -172,27 +172,24 @@ class _Entry(NamedTuple):
         return pickle.loads(self.frozen)
 
 
-CacheEntry = _Entry
-
-
-def _entry(projection: Mapping[str, Any]) -> _Entry:
+def _entry(projection: Mapping[str, Any]) -> CacheEntry:
     # The JSON form: what a reader got when reads copied through JSON (tuples are lists).
     plain = json.loads(json.dumps(projection))
     meta = plain.get("metadata") or {}
-    return _Entry(meta.get("namespace"), dict(meta.get("labels") or {}), rv_int(plain),
+    return CacheEntry(meta.get("namespace"), dict(meta.get("labels") or {}), rv_int(plain),
                   pickle.dumps(plain, pickle.HIGHEST_PROTOCOL))
 
 
 @dataclass
 class _Store:
-    objects: dict[str, _Entry] = field(default_factory=dict)  # (ns/name) -> its projection
+    objects: dict[str, CacheEntry] = field(default_factory=dict)  # (ns/name) -> its projection
     high_water: int | None = None
     synced: bool = False
     # (namespace, label, value) -> the keys of the objects carrying it; (namespace, "", "")
     # -> every key in the namespace. `select` looks up instead of scanning every object.
     index: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
 
-    def put(self, key: str, entry: _Entry) -> None:
+    def put(self, key: str, entry: CacheEntry) -> None:
         self.drop(key)
         self.objects[key] = entry
         for term in _terms(entry):
@@ -216,7 +213,7 @@ class _Store:
         return set(found[0]).intersection(*found[1:])
 
 
-def _terms(entry: _Entry) -> list[tuple[str, str, str]]:
+def _terms(entry: CacheEntry) -> list[tuple[str, str, str]]:
     namespace = entry.namespace or ""
     return [(namespace, "", ""), *((namespace, k, str(v)) for k, v in entry.labels.items())]
 
