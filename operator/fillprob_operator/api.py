@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import enum
 import re
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Mapping
 
@@ -153,10 +154,29 @@ Symbol = Annotated[str, AfterValidator(_symbol)]
 _ZERO = timedelta(0)
 
 
+# What this operator and Kubernetes write for an instant: RFC 3339, UTC, whole seconds.
+_CANONICAL_INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def _read_canonical(value: Any) -> Any:
+    """"2024-05-01T12:00:00Z" -> the datetime in `timezone.utc`, read without pydantic's general
+    parser: a status carries a dozen instants and every tick parses it, and pydantic's reading
+    plus the tzinfo swap below were half of that parse. Anything else (another shape, a string
+    that is no instant) goes on to pydantic's own datetime rules unchanged, errors included."""
+    if type(value) is str and len(value) == 20 and _CANONICAL_INSTANT.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     """The instant in UTC (`timezone.utc`), whole seconds; naive = UTC. Every timestamp of a
     status passes here at every parse: an offset of zero (what Kubernetes and this operator
     write, parsed by pydantic as its own UTC tzinfo) only swaps the tzinfo."""
+    if value.tzinfo is timezone.utc and not value.microsecond:
+        return value  # already what this returns (`_read_canonical`'s, the domain's `now`)
     offset = value.utcoffset()
     if offset is None or offset == _ZERO:
         return value.replace(tzinfo=timezone.utc, microsecond=0)
@@ -170,6 +190,7 @@ def format_rfc3339(value: datetime) -> str:
 # RFC 3339, UTC, whole seconds (what Kubernetes writes for metav1.Time).
 Timestamp = Annotated[
     datetime,
+    BeforeValidator(_read_canonical),
     AfterValidator(_utc),
     PlainSerializer(format_rfc3339, return_type=str, when_used="json"),
 ]
@@ -335,6 +356,20 @@ class FillProbRolloutSpec(_SpecModel):
             filled = self.observation.model_copy(update={"expand_batch": EXPAND_BATCH_WINDOW[self.risk_appetite]})
             object.__setattr__(self, "observation", filled)
         return self
+
+    @cached_property
+    def json_form(self) -> dict[str, Any]:
+        """The spec as camelCase JSON (`status.appliedSpec`), made once per parsed spec: the spec
+        is frozen and every tick compares against it. Shared: read it, never change it."""
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "FillProbRolloutSpec":
+        """pydantic's copy, without `json_form` when fields change (pydantic copies `__dict__`,
+        where the cached JSON lives)."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied.__dict__.pop("json_form", None)
+        return copied
 
     def observation_window(self, phase: Phase) -> timedelta:
         """Minimum observation for a step of `phase` (API.md `observation.*`)."""

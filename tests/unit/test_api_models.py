@@ -6,12 +6,13 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import TypeAdapter
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 
 from fillprob_operator.api import (
     DEFAULT_PREFLIGHT_COMMAND,
@@ -321,3 +322,61 @@ def test_a_timestamp_as_kubernetes_writes_it_parses_to_utc(value):
     got = TypeAdapter(Timestamp).validate_python(text)
     assert got == value.replace(tzinfo=timezone.utc, microsecond=0)
     assert got.tzinfo is timezone.utc
+
+
+def _pydantics_reading(value):
+    """What a Timestamp was before `_read_canonical`: pydantic's datetime, then `_utc`; an
+    error as the kinds of error pydantic gave."""
+    try:
+        return TypeAdapter(Annotated[datetime, AfterValidator(_utc)]).validate_python(value)
+    except ValidationError as exc:
+        return [e["type"] for e in exc.errors()]
+
+
+def _timestamps_reading(value):
+    try:
+        return TypeAdapter(Timestamp).validate_python(value)
+    except ValidationError as exc:
+        return [e["type"] for e in exc.errors()]
+
+
+DIGITS = st.text("0123456789", min_size=1, max_size=1)
+# The canonical shape with any digits (month 13, 29 February of any year, 24:00:00, second 60,
+# year 0000 included), other shapes, other types.
+CANONICAL_SHAPED = st.tuples(*[DIGITS] * 14).map(
+    lambda d: "{}{}{}{}-{}{}-{}{}T{}{}:{}{}:{}{}Z".format(*d))
+INSTANTS = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
+TIMESTAMP_INPUTS = st.one_of(
+    CANONICAL_SHAPED,
+    INSTANTS.map(lambda v: v.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    st.tuples(INSTANTS, st.sampled_from(["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%Sz", "%Y-%m-%d %H:%M:%SZ",
+                                         "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%S-05:30", "%Y-%m-%dT%H:%M:%S",
+                                         "%Y-%m-%dT%H:%MZ", " %Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%SZ "]))
+    .map(lambda p: p[0].strftime(p[1])),
+    st.text(max_size=24),
+    st.tuples(INSTANTS, OFFSETS).map(lambda p: p[0].replace(tzinfo=p[1])),
+    st.integers(-(10**10), 10**10),
+    st.none(),
+)
+
+
+@given(TIMESTAMP_INPUTS)
+def test_a_timestamp_reads_as_pydantic_read_it(value):
+    """The canonical shape is read without pydantic's parser (a status parse's cost): for any
+    input, the same instant with the same tzinfo, or the same kinds of error."""
+    got, expected = _timestamps_reading(value), _pydantics_reading(value)
+    assert got == expected
+    if isinstance(expected, datetime):
+        assert got.tzinfo is timezone.utc and expected.tzinfo is timezone.utc
+
+
+def test_a_specs_json_form_is_its_dump_and_follows_a_copy_that_changes_it():
+    """`json_form` is cached in the frozen spec's `__dict__` (a tick's appliedSpec comparison):
+    equal to the dump, no part of equality, and gone from a copy whose fields change."""
+    spec = parse_spec({"deploymentName": "grinder", "targetPhase": "Canary", "canarySymbols": ["BTCUSDT"]})
+    dump = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert spec.json_form == dump and spec.json_form is spec.json_form
+    assert spec == parse_spec(dump)
+    suspended = spec.model_copy(update={"suspend": True})
+    assert suspended.json_form["suspend"] is True
+    assert spec.model_copy().json_form == dump

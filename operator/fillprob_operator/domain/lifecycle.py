@@ -25,7 +25,7 @@ from .tick import Tick, env_patch_to, token_seq
 
 
 def spec_json(spec: FillProbRolloutSpec) -> dict[str, Any]:
-    return spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return spec.json_form
 
 
 def _without_suspend(spec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -46,7 +46,9 @@ def take_spec(t: Tick) -> bool:
         changed = new_generation  # a status written before appliedSpec existed
     else:
         changed = new_generation and _without_suspend(s.applied_spec) != _without_suspend(current)
-    if not t.spec.suspend:  # a change made while suspended is a change at resume
+    # A change made while suspended is a change at resume. An equal appliedSpec stays the
+    # status's own (the steady state's every tick): `current` is the spec's, shared.
+    if not t.spec.suspend and s.applied_spec != current:
         s.applied_spec = current
     listed = t.spec_symbols()
     s.last_known_good_symbols = [x for x in s.last_known_good_symbols if x in listed]
