@@ -34,7 +34,7 @@ from typing import Any
 import kopf
 from kopf._cogs.structs.references import match_namespace
 
-from . import loop_lag
+from . import allocator, loop_lag
 from .adapters.clock import SystemClock
 from .adapters.executor import Executor
 from .adapters.kubernetes import (
@@ -167,6 +167,9 @@ def build_runtime(
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
+    # Before any thread of ours allocates (the caches' watches, the I/O threads): allocator.py.
+    arenas_limited = allocator.limit_arenas(config.malloc_arenas)
+    logger.info(kv("malloc_arenas", limit=config.malloc_arenas or "default", applied=arenas_limited))
     configure(settings, config)
     build_runtime(memo, config)
     # What startup built (kopf, the Kubernetes client's models) lives as long as the process:

@@ -16,6 +16,8 @@ import gc
 import time
 from typing import Any, Awaitable, Callable
 
+from . import allocator
+
 PERIOD_SECONDS = 0.25
 
 
@@ -86,9 +88,12 @@ async def keep_frozen(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     collector: Any = gc,
+    trimmer: Callable[[], Any] = allocator.trim,
 ) -> None:
     """Until cancelled: every `period`, a collection of what is not frozen, then what survived it
-    is frozen too (`gc.freeze`); every `thaw_every`-th time, everything is unfrozen first.
+    is frozen too (`gc.freeze`); every `thaw_every`-th time, everything is unfrozen first. Then
+    the pages the allocator holds free go back to the system (allocator.py, `trim`): what the
+    ticks of the busiest moment freed stays out of the RSS.
 
     The startup's freeze leaves out all the rollouts (kopf's state per object, the daemons, the
     caches): a full collection walked all of them, holding the GIL, every few seconds (gen2 p99
@@ -104,6 +109,7 @@ async def keep_frozen(
             collector.unfreeze()
         collector.collect()
         collector.freeze()
+        trimmer()
 
 
 def start_keep_frozen(period: float = REFREEZE_SECONDS, thaw_every: int = THAW_EVERY) -> asyncio.Task:

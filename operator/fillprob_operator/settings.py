@@ -51,6 +51,9 @@ class Settings:
     # FillProbRollouts, Deployments, ReplicaSets, Pods and Jobs of the watched namespaces from
     # watch-backed caches (adapters/watches.py); off: every tick reads them directly.
     watch_caches: bool = True
+    # glibc arenas at most (allocator.py): the threads take turns on the GIL, so a few arenas
+    # cost no waiting and hold far less than one per thread; 0: glibc's default.
+    malloc_arenas: int = 2
 
     @property
     def metrics_host_port(self) -> tuple[str, int] | None:
@@ -84,6 +87,11 @@ class Settings:
             metrics_addr = ""
         if metrics_addr and not re.match(r"^[^:]*:[0-9]+$", metrics_addr):
             raise ValueError(f"FILLPROB_METRICS_ADDR={metrics_addr!r}: want host:port")
+        arenas_text = env.get("FILLPROB_MALLOC_ARENAS", "2").strip()
+        if not arenas_text.isdigit() or int(arenas_text) > 64:
+            raise ValueError(
+                f"FILLPROB_MALLOC_ARENAS={arenas_text!r}: want a whole number from 0 (glibc's default) to 64"
+            )
         namespaces = tuple(
             ns.strip() for ns in env.get("FILLPROB_NAMESPACES", "").split(",") if ns.strip()
         )
@@ -106,6 +114,7 @@ class Settings:
             log_streams=max(1, int(env.get("FILLPROB_LOG_STREAMS", "1000"))),
             log_transport=log_transport(env.get("FILLPROB_LOG_TRANSPORT", "http2")),
             watch_caches=env.get("FILLPROB_WATCH_CACHES", "on").strip().lower() not in ("off", "0", "false", "no"),
+            malloc_arenas=int(arenas_text),
         )
 
 

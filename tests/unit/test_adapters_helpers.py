@@ -195,6 +195,17 @@ def test_settings_from_env():
         Settings.from_env({"FILLPROB_PROMETHEUS_LOOKBACK": "1 minute"})
 
 
+@pytest.mark.parametrize("text, arenas", [(None, 2), ("0", 0), (" 4 ", 4), ("64", 64)])
+def test_malloc_arenas_from_env(text, arenas):
+    assert Settings.from_env({} if text is None else {"FILLPROB_MALLOC_ARENAS": text}).malloc_arenas == arenas
+
+
+@pytest.mark.parametrize("text", ["-1", "two", "65", "1.5", ""])
+def test_malloc_arenas_refused_says_what_it_wants(text):
+    with pytest.raises(ValueError, match=r"FILLPROB_MALLOC_ARENAS=.*want a whole number from 0 \(glibc's default\) to 64"):
+        Settings.from_env({"FILLPROB_MALLOC_ARENAS": text})
+
+
 class RecordingKube:
     def __init__(self, patch_applies=True):
         self.calls = []

@@ -109,6 +109,9 @@ class _Collector:
     def freeze(self) -> None:
         self.calls.append("freeze")
 
+    def trim(self) -> None:
+        self.calls.append("trim")
+
 
 def test_keep_frozen_freezes_what_survives_each_period_and_thaws_everything_every_nth():
     collector, slept = _Collector(), []
@@ -120,11 +123,12 @@ def test_keep_frozen_freezes_what_survives_each_period_and_thaws_everything_ever
 
     async def scenario() -> None:
         with pytest.raises(asyncio.CancelledError):
-            await loop_lag.keep_frozen(60.0, 3, sleep=sleep, collector=collector)
+            await loop_lag.keep_frozen(60.0, 3, sleep=sleep, collector=collector, trimmer=collector.trim)
 
     asyncio.run(scenario())
     assert slept == [60.0] * 7
-    assert collector.calls == ["collect", "freeze", "collect", "freeze", "unfreeze", "collect", "freeze"] * 2
+    assert collector.calls == ["collect", "freeze", "trim", "collect", "freeze", "trim",
+                               "unfreeze", "collect", "freeze", "trim"] * 2
 
 
 def test_a_cycle_that_dies_while_frozen_is_freed_at_the_next_thaw():

@@ -1,0 +1,95 @@
+"""allocator.py against the real glibc, each case in a fresh interpreter (an arena limit and a
+trim act on the whole process), beside the same program without it: the difference is what
+the operator's call does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fillprob_operator import allocator
+
+OPERATOR = Path(__file__).resolve().parents[2] / "operator"
+
+# glibc's non-main arenas: anonymous mappings aligned to HEAP_MAX_SIZE (64 MiB on 64-bit).
+COUNT_ARENAS = """
+def arenas():
+    starts = set()
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        start = int(parts[0].split("-")[0], 16)
+        if len(parts) < 6 and start % (64 << 20) == 0:
+            starts.add(start)
+    return len(starts)
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def run(program: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", COUNT_ARENAS + textwrap.dedent(program)], capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(OPERATOR), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+THREADS = """
+import json, sys, threading
+from fillprob_operator import allocator
+applied = allocator.limit_arenas(int(sys.argv[1]) if len(sys.argv) > 1 else {limit})
+started, done = threading.Barrier(13), threading.Event()
+kept = []
+
+def work():
+    kept.append([bytearray(2048) for _ in range(50)])  # above pymalloc's 512 bytes: malloc's
+    started.wait()
+    done.wait()
+
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads:
+    t.start()
+started.wait()
+print(json.dumps({{"applied": applied, "arenas": arenas()}}))
+done.set()
+"""
+
+
+def test_twelve_allocating_threads_share_the_arenas_the_limit_allows():
+    glibcs = run(THREADS.format(limit=0))
+    limited = run(THREADS.format(limit=2))
+    assert glibcs == {"applied": False, "arenas": glibcs["arenas"]} and glibcs["arenas"] >= 4
+    # the main arena and one more
+    assert limited == {"applied": True, "arenas": 1}
+
+
+TRIM = """
+import json
+from fillprob_operator import allocator
+blocks = [bytearray(64 * 1024) for _ in range(3000)]  # 188 MiB in the heap (below mmap's threshold)
+pins = blocks[99::100]  # one block in a hundred stays: the freed ones are holes, not the heap's top
+before = rss_mib()
+del blocks
+freed = rss_mib()
+gave = allocator.trim() if {trim} else None
+print(json.dumps({{"before": before, "freed": freed, "after": rss_mib(), "gave": gave}}))
+"""
+
+
+def test_trim_gives_back_what_free_kept():
+    kept = run(TRIM.format(trim=False))
+    trimmed = run(TRIM.format(trim=True))
+    assert kept["before"] > 180 and kept["after"] > kept["before"] - 30  # free() alone: still resident
+    assert trimmed["gave"] is True and trimmed["after"] < trimmed["before"] - 150
+
+
+def test_a_negative_limit_is_refused():
+    with pytest.raises(ValueError, match="arenas: want 0"):
+        allocator.limit_arenas(-1)
