@@ -12,6 +12,7 @@ the rollout itself (`alert.grinder.io/` annotations) until a tick has taken them
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -49,6 +50,8 @@ GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
 ALERTS_PER_TICK = 50
 # Parsed specs kept (`Reconciler.parse_spec`): one per rollout, and room for the changes.
 SPECS_REMEMBERED = 4096
+# Selectors and intervals kept, by their strings (`rollout_selector`, `evaluation_interval`).
+PARSES_REMEMBERED = 4096
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -69,8 +72,20 @@ def evaluation_interval(raw_spec: Mapping[str, Any]) -> float:
     """`spec.prometheus.interval` in seconds (default 30s, lower bound 1s), read from the raw
     spec so that even an invalid spec keeps its evaluation rhythm."""
     interval = (raw_spec.get("prometheus") or {}).get("interval")
+    if isinstance(interval, str):
+        return _interval_seconds(interval)
     try:
         seconds = parse_duration(interval).total_seconds() if interval else DEFAULT_INTERVAL_SECONDS
+    except ValueError:
+        seconds = DEFAULT_INTERVAL_SECONDS
+    return max(1.0, seconds)
+
+
+@functools.lru_cache(maxsize=PARSES_REMEMBERED)
+def _interval_seconds(text: str) -> float:
+    """`evaluation_interval` of a string, parsed once per string (every tick asks)."""
+    try:
+        seconds = parse_duration(text).total_seconds() if text else DEFAULT_INTERVAL_SECONDS
     except ValueError:
         seconds = DEFAULT_INTERVAL_SECONDS
     return max(1.0, seconds)
@@ -281,9 +296,17 @@ class DomainPort:
 def rollout_selector(raw_spec: Mapping[str, Any], namespace: str) -> Selector:
     """`spec.prometheus.selector`, or this Deployment's pods in this namespace."""
     text = ((raw_spec.get("prometheus") or {}).get("selector") or "").strip()
-    if text:
-        return parse_selector(text)
-    return default_selector(namespace, raw_spec.get("deploymentName", ""))
+    deployment = raw_spec.get("deploymentName", "")
+    if isinstance(deployment, str):
+        return _selector(text, namespace, deployment)
+    return parse_selector(text) if text else default_selector(namespace, deployment)
+
+
+@functools.lru_cache(maxsize=PARSES_REMEMBERED)
+def _selector(text: str, namespace: str, deployment: str) -> Selector:
+    """The selector of these strings, parsed once (a Selector is frozen; a SelectorError is
+    raised again each time, never remembered)."""
+    return parse_selector(text) if text else default_selector(namespace, deployment)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fillprob_operator.domain.observations import (
     PodMetrics,
     RollbackRequest,
 )
+from fillprob_operator.domain.selector import SelectorError, default_selector
 from fillprob_operator.metrics import OperatorMetrics
 from fillprob_operator.reconciler import (
     ALERTS_PER_TICK,
@@ -31,6 +32,7 @@ from fillprob_operator.reconciler import (
     evaluation_interval,
     kv,
     rollback_request_from_annotation,
+    rollout_selector,
     taken_request_keys,
 )
 from fillprob_operator.settings import Settings
@@ -173,10 +175,25 @@ def test_kv_log_lines():
     )
 
 
-@pytest.mark.parametrize("value, seconds", [(None, 30.0), ("10s", 10.0), ("1m30s", 90.0), ("250ms", 1.0), ("bad", 30.0)])
+@pytest.mark.parametrize("value, seconds", [(None, 30.0), ("10s", 10.0), ("1m30s", 90.0), ("250ms", 1.0), ("bad", 30.0),
+                                            ("", 30.0), (5, 30.0), (["10s"], 30.0), ({"s": 10}, 30.0)])
 def test_evaluation_interval(value, seconds):
-    spec = {"prometheus": {"interval": value}} if value else {}
+    """Any value an invalid spec can hold: a string is parsed once and remembered, anything else
+    (unhashable too) is the default, never an error."""
+    spec = {"prometheus": {"interval": value}} if value is not None else {}
     assert evaluation_interval(spec) == seconds
+    assert evaluation_interval(spec) == seconds
+
+
+def test_a_rollouts_selector_is_remembered_by_its_strings_and_an_invalid_one_raises_each_time():
+    spec = {"deploymentName": "grinder", "prometheus": {"selector": 'job="grinder"'}}
+    assert rollout_selector(spec, "a") is rollout_selector(dict(spec), "a")
+    assert rollout_selector({"deploymentName": "grinder"}, "a") == default_selector("a", "grinder")
+    assert rollout_selector({"deploymentName": "grinder"}, "b") == default_selector("b", "grinder")
+    assert rollout_selector({"deploymentName": "g2"}, "a") == default_selector("a", "g2")
+    for _ in range(2):
+        with pytest.raises(SelectorError):
+            rollout_selector({"deploymentName": "g", "prometheus": {"selector": 'job=="x'}}, "a")
 
 
 def test_settings_from_env():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fillprob_operator.api import AppliedEnv, Gates
 from fillprob_operator.domain.gates import (
@@ -239,3 +241,20 @@ def test_auto_threshold_gauge_drift_is_unexpected() -> None:
     s = replace(sample(expect=AUTO), auto_threshold_bps=3300.0)
     result = during_window((pod(line=OK_AUTO),), metrics(s), AUTO, BASE, GATES)
     assert {f.reason for f in result.findings} == {Reason.UNEXPECTED_THRESHOLD}
+
+
+@given(st.lists(st.sampled_from(["FILL_PROB_THRESHOLD_RESOLUTION_OK", "FILL_PROB_THRESHOLD_RESOLUTION_FAILED",
+                                 "mode=auto_apply", "mode=", "configured_bps=2500", "recommended_bps=x",
+                                 "effective_bps=-3", " ", "=", "bps=1"]), max_size=8).map(" ".join))
+def test_a_resolution_line_is_parsed_once_and_read_as_the_parse_reads_it(line):
+    """Every tick reads its pods' same line: remembered, it must be what a fresh parse says,
+    and frozen (one tick cannot change what the next reads)."""
+    from dataclasses import FrozenInstanceError
+
+    from fillprob_operator.domain.log_gates import parse_resolution
+
+    first = parse_resolution(line)
+    assert parse_resolution(line) is first
+    assert first == parse_resolution.__wrapped__(line)
+    with pytest.raises(FrozenInstanceError):
+        first.mode = "changed"  # type: ignore[misc]

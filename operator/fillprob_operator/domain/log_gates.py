@@ -4,6 +4,7 @@ lines, and the thresholds the new pods logged."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .findings import (
     _KEY_VALUE,
@@ -45,7 +46,10 @@ class Resolution:
     effective_bps: int | None = None
 
 
+@lru_cache(maxsize=1024)
 def parse_resolution(line: str) -> Resolution:
+    """The line parsed, once per line: every tick of a rollout reads its pods' same line (a
+    Resolution is frozen)."""
     fields = key_values(line)
     if RESOLUTION_OK in line:
         return Resolution(
