@@ -70,10 +70,13 @@ def kv(event: str, **fields: Any) -> str:
 
 def evaluation_interval(raw_spec: Mapping[str, Any]) -> float:
     """`spec.prometheus.interval` in seconds (default 30s, lower bound 1s), read from the raw
-    spec so that even an invalid spec keeps its evaluation rhythm."""
+    spec so that even an invalid spec keeps its evaluation rhythm. A string is parsed once and
+    remembered (every tick asks); anything else an invalid spec holds is the default."""
     interval = (raw_spec.get("prometheus") or {}).get("interval")
-    if isinstance(interval, str):
-        return _interval_seconds(interval)
+    return _interval_seconds(interval) if isinstance(interval, str) else _interval_of(interval)
+
+
+def _interval_of(interval: Any) -> float:
     try:
         seconds = parse_duration(interval).total_seconds() if interval else DEFAULT_INTERVAL_SECONDS
     except ValueError:
@@ -81,14 +84,7 @@ def evaluation_interval(raw_spec: Mapping[str, Any]) -> float:
     return max(1.0, seconds)
 
 
-@functools.lru_cache(maxsize=PARSES_REMEMBERED)
-def _interval_seconds(text: str) -> float:
-    """`evaluation_interval` of a string, parsed once per string (every tick asks)."""
-    try:
-        seconds = parse_duration(text).total_seconds() if text else DEFAULT_INTERVAL_SECONDS
-    except ValueError:
-        seconds = DEFAULT_INTERVAL_SECONDS
-    return max(1.0, seconds)
+_interval_seconds = functools.lru_cache(maxsize=PARSES_REMEMBERED)(_interval_of)
 
 
 def validation_message(exc: Exception, prefix: str = "spec") -> str:
