@@ -25,8 +25,8 @@ from __future__ import annotations
 import copy
 import enum
 import re
-from functools import cached_property
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import Annotated, Any, Mapping
 
 from pydantic import (

@@ -48,9 +48,8 @@ GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
 # Stored alerts one tick hands to decide(): a flood is taken in bounded bites, oldest first
 # (the domain records each in history and status.requestKeys, both bounded to 100).
 ALERTS_PER_TICK = 50
-# Parsed specs kept (`Reconciler.parse_spec`): one per rollout, and room for the changes.
-SPECS_REMEMBERED = 4096
-# Selectors and intervals kept, by their strings (`rollout_selector`, `evaluation_interval`).
+# Parses kept, each kind by its input (`Reconciler.parse_spec`, `rollout_selector`,
+# `evaluation_interval`): one per rollout, and room for the changes.
 PARSES_REMEMBERED = 4096
 
 
@@ -348,7 +347,7 @@ class Reconciler:
         spec = self._specs.get(key)
         if spec is None:
             spec = self.domain.parse_spec(raw_spec)
-            if len(self._specs) >= SPECS_REMEMBERED:
+            if len(self._specs) >= PARSES_REMEMBERED:
                 del self._specs[next(iter(self._specs))]
             self._specs[key] = spec
         return spec

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import FillProbRolloutSpec, Restart, State
+from ..api import Restart, State
 from .ladder import applied_env_from, phase_of_env
 from .outside import managed_now
 from .scope import within
 from .reasons import Progress, Reason
 from .tick import Tick, env_patch_to, token_seq
-
-
-def spec_json(spec: FillProbRolloutSpec) -> dict[str, Any]:
-    return spec.json_form
 
 
 def _without_suspend(spec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -41,7 +37,7 @@ def take_spec(t: Tick) -> bool:
                        f"rung with the spec of generation {s.observed_generation}")
         return False
     new_generation = s.observed_generation is not None and s.observed_generation != t.generation
-    current = spec_json(t.spec)
+    current = t.spec.json_form
     if s.applied_spec is None:
         changed = new_generation  # a status written before appliedSpec existed
     else:
