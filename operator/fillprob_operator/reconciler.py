@@ -401,21 +401,19 @@ class Reconciler:
             preflight_status.get("state") == "Running" or raw_status.get("state") == "Preflight"
         ) else None
 
-        async def no_preflight() -> None:
-            return None
-
         # Watch-backed caches answer only when they have seen at least as far as this body (a
         # daemon's first tick) or as this rollout's last observation (later ticks; kubernetes.py
         # `_as_of_floor`): what the status says happened is never newer than what we see.
         floor = rv_int(body)
         started = time.monotonic()
-        deployment, metrics, preflight = await asyncio.gather(
-            self.kube.observe_deployment(
-                namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
-            ),
-            self.gateway.observe(url, interval, now, selector, rollout=(namespace, name)),
-            self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else no_preflight(),
+        # One after another, not gathered: in the steady state each answers from what is already
+        # here (the caches, the bucket's shared answer) without waiting, and three tasks a tick
+        # cost more than the reads (issue 10). The Deployment is observed first, as it was.
+        deployment = await self.kube.observe_deployment(
+            namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
         )
+        metrics = await self.gateway.observe(url, interval, now, selector, rollout=(namespace, name))
+        preflight = await self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else None
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
         annotation_request = rollback_request_from_annotation(body)
