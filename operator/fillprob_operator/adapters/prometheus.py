@@ -442,15 +442,27 @@ def connect_prometheus(timeout: float, pool_size: int = 10) -> Callable[[str], Q
     `pool_size` kept-alive connections per URL: the I/O pool's threads can all be querying one
     Prometheus at once (a slow one's queries overlap the next interval's), and with the
     library's default of 10 every connection past it was closed after one request
-    ("Connection pool is full, discarding connection", 300 times in a bench at N=300)."""
+    ("Connection pool is full, discarding connection", 300 times in a bench at N=300).
+
+    Two costs of every query are paid once here instead (issue 10; a third less of the client's
+    CPU per query, `docs/performance.md`): the environment's proxies for this URL (`HTTP_PROXY`,
+    `HTTPS_PROXY`, `NO_PROXY`) and its `~/.netrc` credentials, which requests looks up again at
+    each request while `trust_env` is on, are read at connect; and the answers come uncompressed
+    (`Accept-Encoding: identity`): gzip saved bytes on the wire, not work, and decompressing
+    took a fifth of the client's CPU per query."""
     from prometheus_api_client import PrometheusConnect
     from requests import Session
     from requests.adapters import HTTPAdapter
+    from requests.utils import get_environ_proxies, get_netrc_auth
     from urllib3.util.retry import Retry
 
     def connect(url: str) -> QueryClient:
         session = Session()
         session.verify = False
+        session.proxies.update(get_environ_proxies(url))
+        session.auth = get_netrc_auth(url)
+        session.trust_env = False
+        session.headers["Accept-Encoding"] = "identity"
         client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=Retry(total=0), session=session)
         # PrometheusConnect mounts its own adapter (pool of 10) on `url`; this one replaces it.
         session.mount(url, HTTPAdapter(max_retries=Retry(total=0), pool_connections=1, pool_maxsize=pool_size))
