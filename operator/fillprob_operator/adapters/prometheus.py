@@ -444,12 +444,12 @@ def connect_prometheus(timeout: float, pool_size: int = 10) -> Callable[[str], Q
     library's default of 10 every connection past it was closed after one request
     ("Connection pool is full, discarding connection", 300 times in a bench at N=300).
 
-    Two costs of every query are paid once here instead (issue 10; a third less of the client's
-    CPU per query, `docs/performance.md`): the environment's proxies for this URL (`HTTP_PROXY`,
-    `HTTPS_PROXY`, `NO_PROXY`) and its `~/.netrc` credentials, which requests looks up again at
-    each request while `trust_env` is on, are read at connect; and the answers come uncompressed
-    (`Accept-Encoding: identity`): gzip saved bytes on the wire, not work, and decompressing
-    took a fifth of the client's CPU per query."""
+    Two costs of every query are gone (issue 10; about a quarter less of the client's CPU per
+    query, `docs/performance.md`): the environment's proxies for this URL (`HTTP_PROXY`,
+    `HTTPS_PROXY`, `NO_PROXY`) and its `~/.netrc` credentials are read once, at connect (requests
+    looks them up again at each request while `trust_env` is on); and the answers come
+    uncompressed (`Accept-Encoding: identity`): gzip saved bytes on the wire, not work, and
+    decompressing took a fifth of the client's CPU per query."""
     from prometheus_api_client import PrometheusConnect
     from requests import Session
     from requests.adapters import HTTPAdapter
