@@ -412,7 +412,11 @@ class Reconciler:
         deployment = await self.kube.observe_deployment(
             namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
         )
-        metrics = await self.gateway.observe(url, interval, now, selector, rollout=(namespace, name))
+        # A circuit-breaker line in our new pods' logs is a no-go whatever Prometheus says (gates.py):
+        # that tick answers with the newest Prometheus answer here rather than wait for this
+        # interval's (issue 10: CB trip -> env patched within 1 s, however slow Prometheus is).
+        urgent = any(p.circuit_breaker_lines for p in deployment.new_pods)
+        metrics = await self.gateway.observe(url, interval, now, selector, rollout=(namespace, name), wait=not urgent)
         preflight = await self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else None
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)

@@ -501,17 +501,21 @@ class FakePrometheus:
     """A `PrometheusConnect` stand-in: `pods[(ns, pod)][query] = value or {symbol: value}`
     (the query without its label matchers); each pod also has `timestamp(up)`, two seconds
     before now, unless `up` is False (a pod that is gone). A series is in the answer when the
-    query's matchers match it, as Prometheus would. `down` = unreachable."""
+    query's matchers match it, as Prometheus would. `down` = unreachable; `answering` cleared =
+    every query waits (a Prometheus that is slow to answer) until it is set again."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.down = False
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: collections.Counter = collections.Counter()
+        self.answering = threading.Event()
+        self.answering.set()
 
     def custom_query(self, query: str) -> list[dict[str, Any]]:
         base, arms = read_query(query)
         self.calls[base] += 1
+        assert self.answering.wait(30), "the test never let the fake Prometheus answer"
         if self.down:
             raise ConnectionError("connection refused")
         now = self.clock.now().timestamp()

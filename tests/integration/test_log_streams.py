@@ -407,7 +407,8 @@ async def tick_until(memo, clock, cluster, state: str, seconds: float = 30.0) ->
         await asyncio.sleep(0.05)
 
 
-def test_a_circuit_breaker_line_wakes_the_daemon_which_applies_r1_before_its_interval(streamed_world):
+async def walk_to_canary(streamed_world) -> list[str]:
+    """The rollout walked to Canary Observing, ticked by hand: the pods enforcing."""
     cluster, clock, prometheus, kubelet, memo = streamed_world
 
     async def roll_out(enforce: float) -> list[str]:
@@ -417,17 +418,23 @@ def test_a_circuit_breaker_line_wakes_the_daemon_which_applies_r1_before_its_int
         scrape(prometheus, pods, enforce=enforce)
         return pods
 
-    async def scenario():
-        await memo.reconciler.tick(NS, NAME)
-        cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
-        await tick_until(memo, clock, cluster, "Restarting")
-        await roll_out(0.0)
-        await tick_until(memo, clock, cluster, "Observing")
-        await tick_until(memo, clock, cluster, "Restarting", seconds=61)  # Shadow passed: Canary
-        pods = await roll_out(1.0)
-        await tick_until(memo, clock, cluster, "Observing")
-        assert status(cluster)["phase"] == "Canary"
+    await memo.reconciler.tick(NS, NAME)
+    cluster.finish_job(NS, status(cluster)["preflight"]["jobName"], exit_code=0, output=PREFLIGHT_OUTPUT)
+    await tick_until(memo, clock, cluster, "Restarting")
+    await roll_out(0.0)
+    await tick_until(memo, clock, cluster, "Observing")
+    await tick_until(memo, clock, cluster, "Restarting", seconds=61)  # Shadow passed: Canary
+    pods = await roll_out(1.0)
+    await tick_until(memo, clock, cluster, "Observing")
+    assert status(cluster)["phase"] == "Canary"
+    return pods
 
+
+def test_a_circuit_breaker_line_wakes_the_daemon_which_applies_r1_before_its_interval(streamed_world):
+    cluster, clock, prometheus, kubelet, memo = streamed_world
+
+    async def scenario():
+        pods = await walk_to_canary(streamed_world)
         stopped, reads = FakeStopped(), cluster.calls["get_rollout"]
         daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped, uid="u1"))
         await until(lambda: cluster.calls["get_rollout"] > reads, "the daemon's first tick (the next is 30 s away)")
@@ -446,6 +453,34 @@ def test_a_circuit_breaker_line_wakes_the_daemon_which_applies_r1_before_its_int
         await until(lambda: all(kubelet.streams_open(p) == 0 for p in pods), "the streams to close")
         assert memo.metrics.registry.get_sample_value(
             "fillprob_operator_kubernetes_requests_total", {"verb": "follow", "resource": "pods/log"}) >= 2
+
+    asyncio.run(scenario())
+
+
+def test_a_circuit_breaker_line_is_answered_without_waiting_for_a_slow_prometheus(streamed_world):
+    """The woken tick falls in a new interval whose Prometheus answer is not here, and Prometheus
+    does not answer: the CB line decides on its own (R1), with the newest answer already here."""
+    cluster, clock, prometheus, kubelet, memo = streamed_world
+
+    async def scenario():
+        pods = await walk_to_canary(streamed_world)
+        stopped, reads = FakeStopped(), cluster.calls["get_rollout"]
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped, uid="u1"))
+        await until(lambda: cluster.calls["get_rollout"] > reads, "the daemon's first tick (the next is 30 s away)")
+        clock.advance(31)  # the next 30 s interval: its answer is not here yet
+        prometheus.answering.clear()
+        try:
+            tripped = time.monotonic()
+            kubelet.write(pods[0], "WARN fill_prob_gate: " + CB_LINE)
+            while status(cluster).get("state") != "RolledBack":
+                assert time.monotonic() - tripped < 5, f"not rolled back with Prometheus stuck: {status(cluster).get('state')}"
+                await asyncio.sleep(0.01)
+        finally:
+            prometheus.answering.set()
+        stopped.set(None)
+        await asyncio.wait_for(daemon, 10)
+        assert status(cluster)["lastRollback"]["reason"] == "CircuitBreakerTripped"
+        assert env_of(cluster)["GRINDER_FILL_MODEL_ENFORCE"] == "0"
 
     asyncio.run(scenario())
 

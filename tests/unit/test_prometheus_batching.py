@@ -314,3 +314,38 @@ def test_a_selector_without_namespace_is_its_own_arm():
     assert sorted(obs.pods) == sorted(pod(i) for i in range(10, 20))
     assert ('timestamp(up{namespace="ns4",pod=~"grinder4-[a-z0-9]+-[a-z0-9]+"}) or '
             'timestamp(up{job="kubernetes-pods",pod=~"grinder1[0-9]-.*"})') in counted.sent
+
+
+def test_a_caller_that_must_not_wait_gets_the_newest_answer_while_this_buckets_is_fetched_behind():
+    counted = Counted()
+    clock = FixedClock(T0 + timedelta(seconds=1))
+    gateway = make_gateway(counted, clock=clock)
+    later = T0 + timedelta(seconds=31)  # the next 30s bucket
+
+    async def scenario():
+        # Nothing here yet: even a caller that must not wait waits for the first answer.
+        first = await gateway.observe(URL, 30, clock.at, selector(0), rollout=("r", 0), wait=False)
+        assert first.available and first.queried_at == T0 + timedelta(seconds=1)
+        asked = sum(counted.calls.values())
+        # The next bucket, Prometheus stuck: the newest answer at once, this bucket's fetch behind it.
+        counted.release.clear()
+        clock.at = later
+        newest = await asyncio.wait_for(
+            gateway.observe(URL, 30, later, selector(0), rollout=("r", 0), wait=False), 1)
+        assert newest.available and newest.queried_at == first.queried_at
+        assert newest.pods == first.pods
+        for _ in range(50):
+            await asyncio.sleep(0)
+        behind = sum(counted.calls.values()) - asked
+        assert behind > 0, "this bucket's answer is not being fetched"
+        # A second caller that must not wait: the same newest answer, no second fetch.
+        again = await asyncio.wait_for(
+            gateway.observe(URL, 30, later, selector(0), rollout=("r", 0), wait=False), 1)
+        assert again.queried_at == first.queried_at
+        # A caller that may wait gets this bucket's answer, the one fetched behind.
+        counted.release.set()
+        waited = await asyncio.wait_for(gateway.observe(URL, 30, later, selector(0), rollout=("r", 0)), 5)
+        assert waited.queried_at == later
+        assert sum(counted.calls.values()) - asked == len(BASES)
+
+    asyncio.run(scenario())

@@ -302,8 +302,11 @@ class PrometheusGateway:
         self._snapshots: dict[tuple[str, float], tuple[int, tuple[Snapshot, ...]]] = {}
         self._locks: dict[tuple[str, float, int], asyncio.Lock] = {}
         self._registered: dict[Hashable, _Registration] = {}
+        self._behind: set[asyncio.Task[Snapshot]] = set()  # fetches no tick waits for (`snapshot`)
 
     def close(self) -> None:
+        for task in self._behind:
+            task.cancel()
         for client in self._clients.values():
             close = getattr(client, "close", None)
             if close is not None:
@@ -325,13 +328,23 @@ class PrometheusGateway:
                 del self._registered[rollout]
         return {r.selector for r in self._registered.values() if (r.url, r.interval) == (url, interval)}
 
-    async def snapshot(self, url: str, interval_seconds: float, now: datetime, selector: Selector) -> Snapshot:
-        """The bucket's answer that covers `selector` (registered or not)."""
+    async def snapshot(
+        self, url: str, interval_seconds: float, now: datetime, selector: Selector, *, wait: bool = True
+    ) -> Snapshot:
+        """The bucket's answer that covers `selector` (registered or not).
+
+        `wait=False`: if that answer is not here yet, the newest one here that covers `selector`
+        (an earlier bucket's) at once, while this bucket's is fetched behind it; waits only when
+        there is none. For a tick that must not wait on Prometheus (reconciler.py: a circuit-
+        breaker line decides without it); the answer's own times still say how old it is."""
         interval = max(1.0, float(interval_seconds))
         bucket = math.floor(now.timestamp() / interval)
         cached = self._cached(url, interval, bucket, selector)
         if cached is not None:
             return cached
+        if not wait and (newest := self._cached(url, interval, None, selector)) is not None:
+            self._fetch_behind(url, interval, now, selector, bucket)
+            return newest
         lock = self._locks.setdefault((url, interval, bucket), asyncio.Lock())
         async with lock:
             cached = self._cached(url, interval, bucket, selector)
@@ -351,21 +364,37 @@ class PrometheusGateway:
             del self._locks[key]
         return snapshot
 
-    def _cached(self, url: str, interval: float, bucket: int, selector: Selector) -> Snapshot | None:
+    def _cached(self, url: str, interval: float, bucket: int | None, selector: Selector) -> Snapshot | None:
+        """The answer of `bucket` or a newer one (None: of any bucket) that covers `selector`."""
         stored = self._snapshots.get((url, interval))
         # A newer bucket's answer serves a late caller too: newer data is never worse.
-        if stored is None or stored[0] < bucket:
+        if stored is None or (bucket is not None and stored[0] < bucket):
             return None
         return next((s for s in reversed(stored[1]) if selector in s.covered), None)
 
+    def _fetch_behind(self, url: str, interval: float, now: datetime, selector: Selector, bucket: int) -> None:
+        """This bucket's answer fetched in a task of its own, unless a fetch of it is under way."""
+        lock = self._locks.get((url, interval, bucket))
+        if lock is not None and lock.locked():
+            return
+        task = asyncio.get_running_loop().create_task(self.snapshot(url, interval, now, selector))
+        self._behind.add(task)
+        task.add_done_callback(self._fetched_behind)
+
+    def _fetched_behind(self, task: asyncio.Task[Snapshot]) -> None:
+        self._behind.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("event=prometheus_fetch_failed error=%r", exc)
+
     async def observe(
-        self, url: str, interval_seconds: float, now: datetime, selector: Selector, *, rollout: Hashable
+        self, url: str, interval_seconds: float, now: datetime, selector: Selector, *, rollout: Hashable,
+        wait: bool = True,
     ) -> MetricsObservation:
         """This rollout's pods as Prometheus sees them now; registers (or refreshes) its
-        selector in the scope of the queries for `url` at this interval."""
+        selector in the scope of the queries for `url` at this interval. `wait`: `snapshot`."""
         interval = max(1.0, float(interval_seconds))
         self._registered[rollout] = _Registration(url, interval, selector, now)
-        snapshot = await self.snapshot(url, interval, now, selector)
+        snapshot = await self.snapshot(url, interval, now, selector, wait=wait)
         if snapshot.shares is None:
             return MetricsObservation(available=False, reason=UNREACHABLE, queried_at=snapshot.queried_at)
         pods = snapshot.shares[selector]
