@@ -430,20 +430,31 @@ async def walk_to_canary(streamed_world) -> list[str]:
     return pods
 
 
+async def daemon_after_first_tick(memo, cluster) -> tuple[asyncio.Task, FakeStopped]:
+    """The rollout's daemon, started, once its first tick has read the rollout: the next tick
+    is 30 s away, so only a wake-up makes another."""
+    stopped, reads = FakeStopped(), cluster.calls["get_rollout"]
+    daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped, uid="u1"))
+    await until(lambda: cluster.calls["get_rollout"] > reads, "the daemon's first tick (the next is 30 s away)")
+    return daemon, stopped
+
+
+async def rolled_back_within(cluster, seconds: float, since: float) -> float:
+    while status(cluster).get("state") != "RolledBack":
+        assert time.monotonic() - since < seconds, f"not rolled back within {seconds}s: {status(cluster).get('state')}"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - since
+
+
 def test_a_circuit_breaker_line_wakes_the_daemon_which_applies_r1_before_its_interval(streamed_world):
     cluster, clock, prometheus, kubelet, memo = streamed_world
 
     async def scenario():
         pods = await walk_to_canary(streamed_world)
-        stopped, reads = FakeStopped(), cluster.calls["get_rollout"]
-        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped, uid="u1"))
-        await until(lambda: cluster.calls["get_rollout"] > reads, "the daemon's first tick (the next is 30 s away)")
+        daemon, stopped = await daemon_after_first_tick(memo, cluster)
         tripped = time.monotonic()
         kubelet.write(pods[0], "WARN fill_prob_gate: " + CB_LINE)
-        while status(cluster).get("state") != "RolledBack":
-            assert time.monotonic() - tripped < 10, f"not rolled back: {status(cluster)}"
-            await asyncio.sleep(0.01)
-        print(f"CB line -> RolledBack in {time.monotonic() - tripped:.3f}s (interval 30s)")
+        print(f"CB line -> RolledBack in {await rolled_back_within(cluster, 10, tripped):.3f}s (interval 30s)")
         stopped.set(None)
         await asyncio.wait_for(daemon, 10)
         assert status(cluster)["lastRollback"]["reason"] == "CircuitBreakerTripped"
@@ -464,17 +475,13 @@ def test_a_circuit_breaker_line_is_answered_without_waiting_for_a_slow_prometheu
 
     async def scenario():
         pods = await walk_to_canary(streamed_world)
-        stopped, reads = FakeStopped(), cluster.calls["get_rollout"]
-        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped, uid="u1"))
-        await until(lambda: cluster.calls["get_rollout"] > reads, "the daemon's first tick (the next is 30 s away)")
+        daemon, stopped = await daemon_after_first_tick(memo, cluster)
         clock.advance(31)  # the next 30 s interval: its answer is not here yet
         prometheus.answering.clear()
         try:
             tripped = time.monotonic()
             kubelet.write(pods[0], "WARN fill_prob_gate: " + CB_LINE)
-            while status(cluster).get("state") != "RolledBack":
-                assert time.monotonic() - tripped < 5, f"not rolled back with Prometheus stuck: {status(cluster).get('state')}"
-                await asyncio.sleep(0.01)
+            await rolled_back_within(cluster, 5, tripped)  # with Prometheus stuck
         finally:
             prometheus.answering.set()
         stopped.set(None)
