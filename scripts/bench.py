@@ -2,7 +2,7 @@
 """`make bench`: the operator at N real rollouts on the testbed. Figures, no verdict.
 
 `.venv/bin/python scripts/bench.py [--sizes 1,10,100,300] [--interval 2s] [--window 60]
-[--probes 10] [--seed S] [--sim lite|python] [--ramp 25]` (the testbed up: `make testbed-up`; run alone,
+[--probes 10] [--seed S] [--sim lite|python] [--ramp 25] [--nice N]` (the testbed up: `make testbed-up`; run alone,
 nothing else on it).
 
 The grinders run `--sim lite` (the default: grinder-lite:local, sim/grinder-lite, a static Go
@@ -230,7 +230,7 @@ def rss_by_kind(pid: int) -> dict[str, float]:
 
 
 class Operator:
-    def __init__(self, namespaces: list[str], log_path: Path, pods: int) -> None:
+    def __init__(self, namespaces: list[str], log_path: Path, pods: int, nice: int = 0) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.update({
@@ -244,8 +244,11 @@ class Operator:
             "PYTHONUNBUFFERED": "1",
         })
         self.log = open(log_path, "ab")  # noqa: SIM115 - the child's for its lifetime
+        # --nice: the operator's scheduling priority (its threads inherit it), as a CPU request of
+        # its own would give it on a node it shares; 0 (the default) leaves it as it is.
         self.proc = subprocess.Popen([sys.executable, "-m", "fillprob_operator"], cwd=REPO, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -427,7 +430,7 @@ def run_size(world: World, n: int, args, rng: random.Random, logs: Path) -> dict
             world.grinder(ns, name, orders_per_sec=1)
         # Pods start one after the other on one node: the waits grow with N.
         wait_for(f"{n} grinders available", lambda: world.available(namespaces, n), 300 + 4 * n, every=3)
-        op = Operator(every, logs / f"operator-{n}.log", pods=n + args.probes)
+        op = Operator(every, logs / f"operator-{n}.log", pods=n + args.probes, nice=args.nice)
         wait_for("the operator's /metrics", lambda: _safe(op.metrics), 60)
         t0 = time.monotonic()
         # In batches of RAMP: each rollout restarts its grinder once, and 300 restarts at once
@@ -622,11 +625,16 @@ def main() -> None:
                         help="rollouts created at once: the next batch when these are all Shadow Observing")
     parser.add_argument("--sim", choices=sorted(SIM_IMAGES), default="lite",
                         help="the grinders' simulator: lite (grinder-lite:local, Go) or python (grinder-sim:local)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="the operator's niceness (-20..19; below 0 needs root): e.g. -10 to see what the "
+                             "operator does when it does not queue for a CPU behind the node's pods")
     args = parser.parse_args()
     if not re.fullmatch(r"[1-9][0-9]*[sm]", args.interval):
         parser.error(f"--interval {args.interval!r}: want seconds or minutes, like 2s")
     if args.ramp < 1:
         parser.error(f"--ramp {args.ramp}: want at least 1")
+    if not -20 <= args.nice <= 19:
+        parser.error(f"--nice {args.nice}: want -20..19")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -643,7 +651,8 @@ def main() -> None:
                             text=True).stdout.strip()
     log(f"bench run {world.run} at {commit or 'an unknown commit'}: sizes {sizes}, interval {args.interval}, "
         f"window {args.window:.0f}s, "
-        f"{args.probes} probes, ramp {args.ramp}, seed {seed}, simulator {args.sim} ({world.image}); operator logs in {logs}")
+        f"{args.probes} probes, ramp {args.ramp}, seed {seed}, simulator {args.sim} ({world.image}), "
+        f"operator niceness {args.nice}; operator logs in {logs}")
     rows = []
     for n in sizes:
         rows.append(run_size(world, n, args, rng, logs))
