@@ -6,6 +6,7 @@ the rollout's daemon, which applies R1 long before its 30 s interval comes round
 from __future__ import annotations
 
 import asyncio
+import logging
 import http.server
 import threading
 import time
@@ -102,11 +103,12 @@ async def look(follower: LogFollower, *pods: str, owner=OWNER):
     return {pod: seen[f"{pod}-uid"] for pod in pods}
 
 
-def test_a_circuit_breaker_line_wakes_the_rollout_and_is_kept():
+def test_a_circuit_breaker_line_wakes_the_rollout_and_is_kept(caplog):
     kubelet = FakeKubelet()
     kubelet.write("p1", "booting")
     kubelet.write("p1", "INFO " + OK_LINE)
     follower, woken = follower_for(kubelet)
+    caplog.set_level(logging.INFO, logger="fillprob_operator")
 
     async def scenario():
         await look(follower, "p1")
@@ -116,10 +118,18 @@ def test_a_circuit_breaker_line_wakes_the_rollout_and_is_kept():
         await until(lambda: woken == [OWNER], "the CB line wakes the rollout")
         log = (await look(follower, "p1"))["p1"]
         assert (log.resolution_line, log.circuit_breaker_lines, log.readable) == (OK_LINE, (CB_LINE,), True)
+        kubelet.write("p1", "WARN " + CB_LINE)
+        stream = follower._streams[("trading", "p1-uid", "grinder")]
+        await until(lambda: len(stream.snapshot().circuit_breaker_lines) == 2, "the second CB line taken")
         follower.close()
 
     asyncio.run(scenario())
     assert kubelet.opens == [("p1", None)]
+    # When the first CB line was written, and how long it took to get here: logged once per pod.
+    written = stamp(kubelet.logs["p1"][2][0])
+    lines = [r.getMessage() for r in caplog.records if "event=circuit_breaker_line" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"pod=p1 container=grinder written_at={written} seen_after_ms=" in lines[0]
 
 
 def test_a_dropped_stream_is_missing_data_until_resumed_and_no_line_is_lost_or_taken_twice():

@@ -95,6 +95,11 @@ def parse_timestamp(line: str) -> tuple[int | None, str]:
     return int(at.timestamp()) * 1_000_000_000 + nanos, line[found.end():]
 
 
+def rfc3339_nanos(nanos: int) -> str:
+    """A line's timestamp as the kubelet wrote it: RFC3339, nanoseconds, UTC."""
+    return f"{rfc3339_seconds(nanos)[:-1]}.{nanos % 1_000_000_000:09d}Z"
+
+
 def rfc3339_seconds(nanos: int) -> str:
     """`sinceTime` for a line at `nanos`: its second, UTC (the API has whole seconds only)."""
     return datetime.fromtimestamp(nanos // 1_000_000_000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -433,15 +438,22 @@ class LogFollower:
             if not stream.cursor.take(at):
                 return
             resolution, trip = scan_line(line)
-            decides = False
+            decides = first_trip = False
             if resolution is not None and stream.resolution is None:
                 stream.resolution = resolution
                 decides = True
             if trip is not None:
                 stream.trips.append(trip)
                 decides = True
+                first_trip = len(stream.trips) == 1
         if decides:
             self._call_in_loop(self._signal, stream)
+        if first_trip and at is not None:
+            # A CB trip's way here, in parts: written (the kubelet's timestamp, on the node's
+            # clock), seen now; the tick's transition line says how long deciding and acting took.
+            logger.info("event=circuit_breaker_line namespace=%s pod=%s container=%s written_at=%s seen_after_ms=%.0f",
+                        stream.namespace, stream.pod, stream.container, rfc3339_nanos(at),
+                        (time.time_ns() - at) / 1e6)
 
     def _read(self, stream: _Stream, response: Any, connection: int) -> None:
         """Read until the stream ends; raises on a drop. The first log line (not the kubelet's
