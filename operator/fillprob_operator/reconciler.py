@@ -448,7 +448,7 @@ class Reconciler:
             )
         except Exception:
             if previous_state in GATED_STATES:
-                self.metrics.gate_evaluations.labels(GATE_ERROR).inc()
+                self.metrics.count_gate(GATE_ERROR)
             raise
 
         decided = time.monotonic()
@@ -481,7 +481,7 @@ class Reconciler:
         new = result.status
         gate_result = self._gate_result(raw_status, new, result.rollback, metrics.available)
         if previous_state in GATED_STATES:
-            self.metrics.gate_evaluations.labels(gate_result).inc()
+            self.metrics.count_gate(gate_result)
         if previous_state in GATED_STATES and gate_result == GATE_GO and metrics.queried_at is not None:
             self._clean_look_at[(namespace, name)] = metrics.queried_at
         else:

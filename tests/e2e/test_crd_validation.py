@@ -391,6 +391,11 @@ def test_status_subresource_and_printer_columns(objects, crd_namespace, testbed)
     assert written["status"] == status
     # The status subresource does not touch spec; the main resource ignores status.
     assert written["spec"]["targetPhase"] == "Canary"
+    # The status is one atomic field (the CRD's x-kubernetes-map-type): its writer's
+    # managedFields entry names `f:status` alone, not every field in it (issue 10: that entry was
+    # a quarter of each rollout's body, in every watch event and in kopf's copy of each rollout).
+    owned = [e.get("fieldsV1") for e in written["metadata"].get("managedFields") or () if e.get("subresource") == "status"]
+    assert owned == [{"f:status": {}}], owned
 
     rejected_status, message = rejection(
         lambda: merge_patch(objects, crd_namespace, name, {"status": {"state": "Exploded"}}, status=True)

@@ -336,6 +336,24 @@ def test_evaluation_metrics_keep_one_condition_series_and_are_forgotten():
     assert get("fillprob_rollout_last_evaluation_timestamp_seconds", labels) is None
 
 
+
+def test_evaluation_metrics_follow_the_interval_and_come_back_after_being_forgotten():
+    """The children kept per rollout (metrics.py) never hide a change or a forget."""
+    metrics = OperatorMetrics()
+    get = metrics.registry.get_sample_value
+    labels = {"namespace": "ns", "name": "r"}
+    metrics.set_evaluated("ns", "r", 1000.0, 2.0, {})
+    metrics.set_evaluated("ns", "r", 1030.0, 30.0, {})
+    assert get("fillprob_rollout_evaluation_interval_seconds", labels) == 30.0
+    metrics.forget("ns", "r")
+    metrics.set_evaluated("ns", "r", 1060.0, 30.0, {})
+    assert get("fillprob_rollout_last_evaluation_timestamp_seconds", labels) == 1060.0
+    assert get("fillprob_rollout_evaluation_interval_seconds", labels) == 30.0
+    for result in ("go", "go", "nodata"):
+        metrics.count_gate(result)
+    assert get("fillprob_rollout_gate_evaluations_total", {"result": "go"}) == 2
+    assert get("fillprob_rollout_gate_evaluations_total", {"result": "nodata"}) == 1
+
 def test_gone_pods_are_dropped_and_sampled_at_is_the_scrape_time():
     live = {"namespace": "ns", "pod": "g-2-new"}
     gone = {"namespace": "ns", "pod": "g-1-old"}
