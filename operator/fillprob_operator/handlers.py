@@ -393,7 +393,7 @@ async def rollout(
             wake.clear()
             try:
                 outcome = await memo.reconciler.tick(
-                    namespace, name, cached=cached, seen=memo.wakeups.floor(namespace, name)
+                    namespace, name, cached=cached, seen=memo.wakeups.floor(namespace, name), hurry=wake
                 )
                 interval, gone = outcome.interval, outcome.gone
                 cached = True

@@ -229,6 +229,16 @@ class Wakeup:
         return self._set
 
 
+# How long a tick waits for Prometheus before it stops listening for a hurry (it waits on).
+HURRY_WAIT_SECONDS = 3600.0
+
+
+def _fetched_behind(task: asyncio.Future[Any]) -> None:
+    """A hurried tick's own fetch, left to finish: its failure is only logged."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning(kv("prometheus_observe_failed", error=repr(exc)))
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -352,10 +362,14 @@ class Reconciler:
             self._specs[key] = spec
         return spec
 
-    async def tick(self, namespace: str, name: str, *, cached: bool = False, seen: int = 0) -> TickOutcome:
+    async def tick(
+        self, namespace: str, name: str, *, cached: bool = False, seen: int = 0, hurry: Wakeup | None = None,
+    ) -> TickOutcome:
         """`cached`: the rollout may come from the watch-backed cache, if that is at least as new
         as `seen` (kopf's view) and as every version of it this process read or wrote; the
-        daemon's first tick reads it directly (another process may have written it last)."""
+        daemon's first tick reads it directly (another process may have written it last).
+        `hurry`: the rollout's wake-up (cleared before the tick); set while this tick waits for
+        Prometheus by a circuit-breaker line, the tick decides at once (`_observe_metrics`)."""
         body = await self.kube.read_rollout(namespace, name, cached=cached, floor=seen)
         if body is None:
             self._clean_look_at.pop((namespace, name), None)
@@ -412,11 +426,12 @@ class Reconciler:
         deployment = await self.kube.observe_deployment(
             namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
         )
-        # A circuit-breaker line in our new pods' logs is a no-go whatever Prometheus says (gates.py):
-        # that tick answers with the newest Prometheus answer here rather than wait for this
-        # interval's (issue 10: CB trip -> env patched within 1 s, however slow Prometheus is).
-        urgent = any(p.circuit_breaker_lines for p in deployment.new_pods)
-        metrics = await self.gateway.observe(url, interval, now, selector, rollout=(namespace, name), wait=not urgent)
+        deployment, metrics = await self._observe_metrics(
+            namespace, name, deployment, url, interval, now, selector, hurry,
+            lambda: self.kube.observe_deployment(
+                namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
+            ),
+        )
         preflight = await self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else None
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):
             metrics = MetricsObservation(available=False, reason=problem, queried_at=metrics.queried_at)
@@ -495,6 +510,36 @@ class Reconciler:
         if result.status_refused is None:  # else the executor said what ran (status_not_written)
             self._log_transition(namespace, name, raw_status, new, result, timings)
         return TickOutcome(interval, phase=phase, state=state)
+
+    async def _observe_metrics(
+        self, namespace: str, name: str, deployment: Any, url: str, interval: float, now: datetime,
+        selector: Selector, hurry: Wakeup | None, observe_deployment: Callable[[], Any],
+    ) -> tuple[Any, MetricsObservation]:
+        """(deployment, metrics): this interval's Prometheus answer, unless a circuit-breaker line
+        is in the new pods' logs. Such a line is a no-go whatever Prometheus says (gates.py), so
+        that tick takes the newest answer here rather than wait for this interval's (issue 10:
+        CB trip -> env patched within 1 s, however slow Prometheus is). A line that arrives
+        while the tick waits sets `hurry`: the Deployment is observed again (from the caches)
+        and, with the line in it, the tick goes on at once; the answer it waited for is fetched
+        behind it. Woken for anything else, it waits on."""
+        rollout = (namespace, name)
+        urgent = any(p.circuit_breaker_lines for p in deployment.new_pods)
+        if urgent or hurry is None or self.gateway.answered(url, interval, now, selector):
+            return deployment, await self.gateway.observe(url, interval, now, selector, rollout=rollout, wait=not urgent)
+        fetch = asyncio.ensure_future(self.gateway.observe(url, interval, now, selector, rollout=rollout))
+        woken = asyncio.ensure_future(hurry.wait(HURRY_WAIT_SECONDS))
+        try:
+            await asyncio.wait((fetch, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if fetch.done() or not hurry.is_set():
+            return deployment, await fetch
+        seen = await observe_deployment()
+        if not any(p.circuit_breaker_lines for p in seen.new_pods):
+            return deployment, await fetch
+        fetch.add_done_callback(_fetched_behind)
+        logger.info(kv("tick_hurried", namespace=namespace, name=name, reason="circuit_breaker_line"))
+        return seen, await self.gateway.observe(url, interval, now, selector, rollout=rollout, wait=False)
 
     async def _remove_alerts(self, namespace: str, name: str, annotations: list[str]) -> None:
         """A failed removal is retried next tick: the domain never applies a key it has taken

@@ -502,6 +502,33 @@ def test_a_circuit_breaker_line_is_answered_without_waiting_for_a_slow_prometheu
     asyncio.run(scenario())
 
 
+def test_a_circuit_breaker_line_hurries_the_tick_that_waits_for_prometheus(streamed_world):
+    """The daemon's tick is under way, waiting for this interval's Prometheus answer (Prometheus
+    does not answer), when the CB line arrives: that tick decides at once (R1) with the newest
+    answer here, not after the answer or the query's timeout (10 s) and one more tick."""
+    cluster, clock, prometheus, kubelet, memo = streamed_world
+
+    async def scenario():
+        pods = await walk_to_canary(streamed_world)
+        clock.advance(31)  # the next 30 s interval: its answer is not here yet
+        prometheus.answering.clear()
+        asked = sum(prometheus.calls.values())
+        try:
+            daemon, stopped = await daemon_after_first_tick(memo, cluster)
+            await until(lambda: sum(prometheus.calls.values()) > asked, "the tick's queries (not answered)")
+            tripped = time.monotonic()
+            kubelet.write(pods[0], "WARN fill_prob_gate: " + CB_LINE)
+            await rolled_back_within(cluster, 5, tripped)  # with Prometheus stuck
+        finally:
+            prometheus.answering.set()
+        stopped.set(None)
+        await asyncio.wait_for(daemon, 10)
+        assert status(cluster)["lastRollback"]["reason"] == "CircuitBreakerTripped"
+        assert env_of(cluster)["GRINDER_FILL_MODEL_ENFORCE"] == "0"
+
+    asyncio.run(scenario())
+
+
 def test_a_pod_flooding_circuit_breaker_lines_wakes_its_rollout_at_most_once_a_second():
     kubelet = FakeKubelet()
     follower, woken = follower_for(kubelet)

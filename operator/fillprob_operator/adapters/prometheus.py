@@ -364,6 +364,12 @@ class PrometheusGateway:
             del self._locks[key]
         return snapshot
 
+    def answered(self, url: str, interval_seconds: float, now: datetime, selector: Selector) -> bool:
+        """Whether `snapshot` would answer at once: this bucket's answer covering `selector` is
+        here (a caller that may be hurried waits on it only when it is not)."""
+        interval = max(1.0, float(interval_seconds))
+        return self._cached(url, interval, math.floor(now.timestamp() / interval), selector) is not None
+
     def _cached(self, url: str, interval: float, bucket: int | None, selector: Selector) -> Snapshot | None:
         """The answer of `bucket` or a newer one (None: of any bucket) that covers `selector`."""
         stored = self._snapshots.get((url, interval))
