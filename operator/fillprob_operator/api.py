@@ -363,12 +363,21 @@ class FillProbRolloutSpec(_SpecModel):
         is frozen and every tick compares against it. Shared: read it, never change it."""
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
 
+    @cached_property
+    def ladder(self) -> tuple[Any, ...]:
+        """The ladder's rungs (`domain.ladder.build_ladder`), made once per parsed spec as
+        `json_form` is: every tick walks them. Shared and immutable."""
+        from .domain.ladder import build_ladder  # the domain's; it imports this module
+
+        return build_ladder(self)
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "FillProbRolloutSpec":
-        """pydantic's copy, without `json_form` when fields change (pydantic copies `__dict__`,
-        where the cached JSON lives)."""
+        """pydantic's copy, without `json_form` and `ladder` when fields change (pydantic copies
+        `__dict__`, where what is cached lives)."""
         copied = super().model_copy(update=update, deep=deep)
         if update:
             copied.__dict__.pop("json_form", None)
+            copied.__dict__.pop("ladder", None)
         return copied
 
     def observation_window(self, phase: Phase) -> timedelta:

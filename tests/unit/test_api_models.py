@@ -28,6 +28,7 @@ from fillprob_operator.api import (
     status_from_dict,
 )
 from fillprob_operator.domain.durations import DURATION_PATTERN
+from fillprob_operator.domain.ladder import build_ladder
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"deploymentName": "grinder", "targetPhase": "Canary", "canarySymbols": ["SYM1"]}
@@ -380,3 +381,15 @@ def test_a_specs_json_form_is_its_dump_and_follows_a_copy_that_changes_it():
     suspended = spec.model_copy(update={"suspend": True})
     assert suspended.json_form["suspend"] is True
     assert spec.model_copy().json_form == dump
+
+
+def test_a_specs_ladder_is_built_once_and_follows_a_copy_that_changes_it():
+    """`ladder` is cached like `json_form`: build_ladder's rungs, the same object at every tick,
+    no part of equality, and built again for a copy whose fields change."""
+    spec = parse_spec({"deploymentName": "grinder", "targetPhase": "Full", "canarySymbols": ["BTCUSDT"],
+                       "expandBatches": [["ETHUSDT"]]})
+    assert spec.ladder == build_ladder(spec) and spec.ladder is spec.ladder
+    assert spec == parse_spec(spec.model_dump(by_alias=True, mode="json", exclude_none=True))
+    wider = spec.model_copy(update={"expand_batches": [["ETHUSDT"], ["SOLUSDT"]]})
+    assert wider.ladder == build_ladder(wider) != spec.ladder
+    assert [step.label for step in wider.ladder] == ["Shadow", "Canary", "Expand 1/2", "Expand 2/2", "Full", "AutoThreshold"]

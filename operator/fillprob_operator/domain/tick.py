@@ -24,7 +24,6 @@ from .ladder import (
     REQUIRED_DIRS,
     EnvPatch,
     Step,
-    build_ladder,
     index_at_or_below,
     index_of,
     parse_symbols,
@@ -117,7 +116,7 @@ class Tick:
             self.s = self.scratch
         else:
             self.s = clone_model(self.original)
-        self.ladder = build_ladder(self.spec)
+        self.ladder = self.spec.ladder  # build_ladder's, made once per parsed spec (api.py)
 
     # -- the ladder --------------------------------------------------------------------
 
