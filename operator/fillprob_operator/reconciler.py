@@ -213,6 +213,21 @@ class Wakeup:
     def clear(self) -> None:
         self._set = False
 
+    async def wait_or(self, other: asyncio.Future[Any]) -> bool:
+        """Until set or `other` is done, with no timer and no task; whether it was set first."""
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        done = functools.partial(_resolve_after, waiter)
+        other.add_done_callback(done)
+        try:
+            await waiter
+        finally:
+            other.remove_done_callback(done)
+            self._waiters.remove(waiter)
+        return self._set and not other.done()
+
     async def wait(self, timeout: float) -> bool:
         """Until set or `timeout` seconds passed; whether it is set."""
         if self._set:
@@ -229,14 +244,14 @@ class Wakeup:
         return self._set
 
 
-# How long a tick waits for Prometheus before it stops listening for a hurry (it waits on).
-HURRY_WAIT_SECONDS = 3600.0
-
-
 def _fetched_behind(task: asyncio.Future[Any]) -> None:
     """A hurried tick's own fetch, left to finish: its failure is only logged."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         logger.warning(kv("prometheus_observe_failed", error=repr(exc)))
+
+
+def _resolve_after(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
+    _resolve(waiter)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
@@ -527,12 +542,7 @@ class Reconciler:
         if urgent or hurry is None or self.gateway.answered(url, interval, now, selector):
             return deployment, await self.gateway.observe(url, interval, now, selector, rollout=rollout, wait=not urgent)
         fetch = asyncio.ensure_future(self.gateway.observe(url, interval, now, selector, rollout=rollout))
-        woken = asyncio.ensure_future(hurry.wait(HURRY_WAIT_SECONDS))
-        try:
-            await asyncio.wait((fetch, woken), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
-        if fetch.done() or not hurry.is_set():
+        if not await hurry.wait_or(fetch):
             return deployment, await fetch
         seen = await observe_deployment()
         if not any(p.circuit_breaker_lines for p in seen.new_pods):

@@ -59,6 +59,33 @@ def test_a_cancelled_wait_leaves_neither_its_timer_nor_its_waiter():
     asyncio.run(scenario())
 
 
+def test_wait_or_ends_at_the_first_of_a_wake_and_the_other_future_and_leaves_nothing_behind():
+    """A tick waiting for Prometheus (the other future) and for a CB line's wake (reconciler.py)."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wake, other = Wakeup(), loop.create_future()
+        waiting = asyncio.create_task(wake.wait_or(other))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        wake.set()
+        assert await asyncio.wait_for(waiting, 1) is True  # woken first
+        assert wake._waiters == [] and not other.done()  # noqa: SLF001
+        assert await asyncio.wait_for(wake.wait_or(other), 1) is True  # still set: no wait at all
+        wake.clear()
+        waiting = asyncio.create_task(wake.wait_or(other))
+        await asyncio.sleep(0.01)
+        other.set_result("answer")
+        assert await asyncio.wait_for(waiting, 1) is False  # the answer came first
+        wake.set()  # nothing waits: no error
+        assert wake._waiters == []  # noqa: SLF001
+        wake.clear()
+        done = loop.create_future()
+        done.set_result(None)
+        assert await asyncio.wait_for(wake.wait_or(done), 1) is False  # already answered
+
+    asyncio.run(scenario())
+
+
 def test_wakeups_keep_one_per_rollout_until_dropped():
     wakeups = Wakeups()
     assert wakeups.event("ns", "a") is wakeups.event("ns", "a")
