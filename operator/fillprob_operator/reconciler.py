@@ -542,10 +542,13 @@ class Reconciler:
         if urgent or hurry is None or self.gateway.answered(url, interval, now, selector):
             return deployment, await self.gateway.observe(url, interval, now, selector, rollout=rollout, wait=not urgent)
         fetch = asyncio.ensure_future(self.gateway.observe(url, interval, now, selector, rollout=rollout))
-        if not await hurry.wait_or(fetch):
-            return deployment, await fetch
-        seen = await observe_deployment()
-        if not any(p.circuit_breaker_lines for p in seen.new_pods):
+        try:
+            hurried = await hurry.wait_or(fetch)
+            seen = await observe_deployment() if hurried else None
+        except BaseException:  # cancelled (the daemon stops), or the Deployment unreadable
+            fetch.add_done_callback(_fetched_behind)  # nobody awaits it: it ends on its own
+            raise
+        if seen is None or not any(p.circuit_breaker_lines for p in seen.new_pods):
             return deployment, await fetch
         fetch.add_done_callback(_fetched_behind)
         logger.info(kv("tick_hurried", namespace=namespace, name=name, reason="circuit_breaker_line"))
