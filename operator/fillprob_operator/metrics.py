@@ -155,11 +155,11 @@ class OperatorMetrics:
         """After each tick: when, at which interval, and each condition's status (one series per
         condition type; the old status goes when it changes)."""
         with self._lock:
-            key = (namespace, name)
-            kept = self._evaluated.get(key)
+            kept = self._evaluated.get((namespace, name))
             if kept is None or kept[1] != interval:
                 self.evaluation_interval.labels(namespace, name).set(interval)
-                kept = self._evaluated[key] = (kept[0] if kept else self.last_evaluation.labels(namespace, name), interval)
+                child = self.last_evaluation.labels(namespace, name)
+                kept = self._evaluated[(namespace, name)] = (child, interval)
             kept[0].set(at)
             for type_, status in conditions.items():
                 key = (namespace, name, type_)

@@ -438,14 +438,13 @@ class Reconciler:
         # One after another, not gathered: in the steady state each answers from what is already
         # here (the caches, the bucket's shared answer) without waiting, and three tasks a tick
         # cost more than the reads (issue 10). The Deployment is observed first, as it was.
-        deployment = await self.kube.observe_deployment(
-            namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
+        observe_deployment = functools.partial(
+            self.kube.observe_deployment, namespace, deployment_name, raw_spec.get("containerName"),
+            rollout=name, floor=floor,
         )
+        deployment = await observe_deployment()
         deployment, metrics = await self._observe_metrics(
-            namespace, name, deployment, url, interval, now, selector, hurry,
-            lambda: self.kube.observe_deployment(
-                namespace, deployment_name, raw_spec.get("containerName"), rollout=name, floor=floor
-            ),
+            namespace, name, deployment, url, interval, now, selector, hurry, observe_deployment
         )
         preflight = await self.kube.observe_preflight(namespace, job_name, floor=floor) if job_name else None
         if problem := "; ".join(f"spec.prometheus.selector: {p}" for p in spec.prometheus.selector_problems):

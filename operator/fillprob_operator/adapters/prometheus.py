@@ -129,6 +129,12 @@ class Snapshot:
     covered: frozenset[Selector] = frozenset()
 
 
+def _bucket(interval_seconds: float, now: datetime) -> tuple[float, int]:
+    """(interval, the number of the interval `now` is in): one answer per bucket and URL."""
+    interval = max(1.0, float(interval_seconds))
+    return interval, math.floor(now.timestamp() / interval)
+
+
 def parse_result(result: list[dict[str, Any]]) -> tuple[Sample, ...]:
     samples = []
     for series in result:
@@ -337,8 +343,7 @@ class PrometheusGateway:
         (an earlier bucket's) at once, while this bucket's is fetched behind it; waits only when
         there is none. For a tick that must not wait on Prometheus (reconciler.py: a circuit-
         breaker line decides without it); the answer's own times still say how old it is."""
-        interval = max(1.0, float(interval_seconds))
-        bucket = math.floor(now.timestamp() / interval)
+        interval, bucket = _bucket(interval_seconds, now)
         cached = self._cached(url, interval, bucket, selector)
         if cached is not None:
             return cached
@@ -367,8 +372,7 @@ class PrometheusGateway:
     def answered(self, url: str, interval_seconds: float, now: datetime, selector: Selector) -> bool:
         """Whether `snapshot` would answer at once: this bucket's answer covering `selector` is
         here (a caller that may be hurried waits on it only when it is not)."""
-        interval = max(1.0, float(interval_seconds))
-        return self._cached(url, interval, math.floor(now.timestamp() / interval), selector) is not None
+        return self._cached(url, *_bucket(interval_seconds, now), selector) is not None
 
     def _cached(self, url: str, interval: float, bucket: int | None, selector: Selector) -> Snapshot | None:
         """The answer of `bucket` or a newer one (None: of any bucket) that covers `selector`."""
