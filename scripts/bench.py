@@ -249,6 +249,15 @@ class Operator:
         self.proc = subprocess.Popen([sys.executable, "-m", "fillprob_operator"], cwd=REPO, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if nice:
+            # Where the kernel groups by session (kernel.sched_autogroup_enabled, the testbed's
+            # node: the operator's session is one entity beside each daemon's session and the
+            # pods' cgroup), a thread's niceness weighs only inside its group: the group's own
+            # niceness is what a CPU request would set. Without autogroups there is no file.
+            try:
+                Path(f"/proc/{self.proc.pid}/autogroup").write_text(str(nice))
+            except OSError as exc:
+                log(f"operator niceness: the session's autogroup not set ({exc}); its threads' is")
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -177,13 +177,16 @@ class CannedPrometheus:
     """Answers a gate query from the pods' canned values, fresh timestamps each time; the
     answer to a query string is built once (the scope is the same interval after interval)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds each query takes (a real Prometheus under load: 0.3-0.5 s)
         self.pods: list[tuple[str, str]] = []
         self._answers: dict[str, list[tuple[dict, float]]] = {}
         self.calls = 0
 
     def custom_query(self, query: str) -> list[dict]:
         self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
         now = time.time()
         template = self._answers.get(query)
         if template is None:
@@ -211,10 +214,11 @@ class CannedPrometheus:
 
 
 class World:
-    def __init__(self, rollouts: int, namespaces: int, interval: float, log_streams: int) -> None:
+    def __init__(self, rollouts: int, namespaces: int, interval: float, log_streams: int,
+                 prometheus_delay: float = 0.0) -> None:
         self.cluster = FakeCluster()
         self.kubelet = FakeKubelet()
-        self.prometheus = CannedPrometheus()
+        self.prometheus = CannedPrometheus(prometheus_delay)
         self.interval = interval
         self.namespaces = [f"bench-{i}" for i in range(min(namespaces, rollouts))]
         self.keys = [(self.namespaces[i % len(self.namespaces)], f"grinder-{i:03d}") for i in range(rollouts)]
@@ -424,6 +428,8 @@ async def main() -> None:
     parser.add_argument("--log-streams", type=int, default=1000,
                         help="LogFollower max_streams (the operator's default is 200)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--prometheus-delay", type=float, default=0.0, metavar="S",
+                        help="seconds each Prometheus query takes (the bench's Prometheus: 0.3-0.5 s)")
     parser.add_argument("--gc-threshold", action="append", default=[],
                         help="gc.set_threshold(a,b,c) for one more daemons' run (repeatable), e.g. 700,10,10")
     parser.add_argument("--no-profile", action="store_true")
@@ -435,7 +441,7 @@ async def main() -> None:
         tracemalloc.start(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
-    world = World(args.rollouts, args.namespaces, args.interval, args.log_streams)
+    world = World(args.rollouts, args.namespaces, args.interval, args.log_streams, args.prometheus_delay)
     await world.to_steady_state()
     # As the operator does after startup (handlers.startup): the fixtures are no part of its heap.
     gc.collect()

@@ -10,11 +10,15 @@ import os
 
 import kopf
 
+from . import allocator
 from .settings import Settings
 
 
 def main() -> None:
     config = Settings.from_env()
+    # Before any thread allocates (kopf's, the caches' watches, the I/O threads): a limit set
+    # later leaves the arenas made before it (allocator.py). The startup handler says what took.
+    allocator.limit_arenas(config.malloc_arenas)
     kopf.configure(verbose=os.environ.get("FILLPROB_VERBOSE") == "1")
     from . import handlers  # noqa: F401  (registers the handlers)
 

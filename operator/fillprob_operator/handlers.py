@@ -49,6 +49,7 @@ from .adapters.kubernetes import (
 from .adapters.prometheus import PrometheusGateway, connect_prometheus
 from .adapters.watches import rv_int
 from .metrics import OperatorMetrics
+from .pacer import Pacer
 from .reconciler import (
     DEFAULT_INTERVAL_SECONDS,
     DomainPort,
@@ -139,6 +140,7 @@ def build_runtime(
     )
     memo.executor = Executor(memo.kube, memo.metrics, clock)
     memo.wakeups = Wakeups()
+    memo.pacer = Pacer()  # the interval's ticks, a few per turn of the loop (pacer.py)
     # A resolution or circuit-breaker line in a followed pod log wakes its rollout at once.
     memo.kube.logs.wake_with(memo.wakeups.wake)
     # (namespace, name) of the rollouts whose daemon runs here: the webhook wakes those after
@@ -167,7 +169,7 @@ def build_runtime(
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
-    # Before any thread of ours allocates (the caches' watches, the I/O threads): allocator.py.
+    # Set in __main__ before any thread; again here for `kopf run -m fillprob_operator.handlers`.
     arenas_limited = allocator.limit_arenas(config.malloc_arenas)
     logger.info(kv("malloc_arenas", limit=config.malloc_arenas or "default", applied=arenas_limited))
     configure(settings, config)
@@ -178,6 +180,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     gc.collect()
     gc.freeze()
     memo.gc_freezer = loop_lag.start_keep_frozen()  # and what the rollouts build, once a minute
+    memo.gc_thresholds = loop_lag.take_over_full_collections()  # full ones only there
     memo.gc_pauses = loop_lag.GcPauses().install()
 
     def woke(lag: float) -> None:
@@ -299,6 +302,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.gc_pauses.uninstall()
     if "gc_freezer" in memo:
         await loop_lag.stop(memo.gc_freezer)
+    if "gc_thresholds" in memo:
+        loop_lag.give_back_full_collections(memo.gc_thresholds)
     if "webhook_runner" in memo:
         await memo.webhook_runner.cleanup()
     if "kube" in memo:
@@ -384,12 +389,17 @@ async def rollout(
     # this one before a restart) may have written it last; later ticks may take it from the cache.
     cached = False
     ticked = False
+    woken = False
     stop_watcher = asyncio.create_task(wake_when_stopped(stopped, wake))
     try:
         while not stopped:
             if uid in memo.deleted:
                 gone = True
                 break
+            if not woken:  # the interval's tick (or the first): in its turn; woken: at once
+                await memo.pacer.turn()
+                if stopped or uid in memo.deleted:
+                    continue
             wake.clear()
             try:
                 outcome = await memo.reconciler.tick(
@@ -406,7 +416,7 @@ async def rollout(
             # The interval, a wake-up (a log line, an event), or a stop. The first wait is shorter
             # by this rollout's own share of it (`first_wait`): daemons kopf starts together (the
             # operator started, a takeover) then tick spread over the interval, not all at once.
-            await wake.wait(interval if ticked else first_wait(uid or f"{namespace}/{name}", interval))
+            woken = await wake.wait(interval if ticked else first_wait(uid or f"{namespace}/{name}", interval))
             ticked = True
     finally:
         stop_watcher.cancel()

@@ -112,6 +112,29 @@ async def keep_frozen(
         trimmer()
 
 
+FULL_NEVER = 1_000_000_000  # the oldest generation's threshold: never reached
+
+
+def take_over_full_collections(collector: Any = gc) -> tuple[int, int, int]:
+    """The collector's own full collections off; `keep_frozen` makes one every period instead.
+    Returns the thresholds before, for `give_back_full_collections`.
+
+    After the first freeze the collector's own full collections come often (0.3 a second at
+    300 rollouts: a full one runs when what survived into the oldest generation since the last
+    is a quarter of what that one left, and what it left was only the few unfrozen objects) and
+    each held the GIL for up to 100-240 ms on a loaded node: the loop's worst lag. The young
+    generations are still collected as before: most cyclic garbage dies young. What becomes
+    cyclic garbage after surviving them waits for the next period (a minute), or the next thaw
+    if frozen."""
+    before = tuple(collector.get_threshold())
+    collector.set_threshold(before[0], before[1], FULL_NEVER)
+    return before  # type: ignore[return-value]
+
+
+def give_back_full_collections(thresholds: tuple[int, int, int], collector: Any = gc) -> None:
+    collector.set_threshold(*thresholds)
+
+
 def start_keep_frozen(period: float = REFREEZE_SECONDS, thaw_every: int = THAW_EVERY) -> asyncio.Task:
     return asyncio.get_running_loop().create_task(keep_frozen(period, thaw_every), name="fillprob-gc-freeze")
 

@@ -345,6 +345,42 @@ def test_daemon_ticks_when_woken_and_forgets_a_deleted_rollout(world):
     asyncio.run(scenario())
 
 
+class HeldPacer:
+    """A pacer whose turns come only when the test opens it; counts who asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.opened: asyncio.Event | None = None
+
+    async def turn(self) -> None:
+        self.asked += 1
+        self.opened = self.opened or asyncio.Event()
+        await self.opened.wait()
+
+
+def test_the_interval_ticks_wait_for_their_turn_and_a_woken_one_does_not(world):
+    cluster, clock, prometheus, decide, memo = world
+    memo.pacer = pacer = HeldPacer()
+
+    async def scenario():
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: pacer.asked == 1)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert decide.seen == []  # the first tick waits for its turn
+        pacer.opened.set()
+        await until(lambda: len(decide.seen) == 1)
+        pacer.opened = asyncio.Event()  # no more turns
+        await handlers.spec_changed(namespace=NS, name=NAME, memo=memo)  # woken: at once
+        await until(lambda: len(decide.seen) == 2)
+        assert pacer.asked == 1
+        stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await asyncio.wait_for(daemon, 5)
+
+    asyncio.run(scenario())
+
+
 def test_daemon_survives_an_unreachable_api_server(world):
     cluster, clock, prometheus, decide, memo = world
     from kubernetes.client.exceptions import ApiException

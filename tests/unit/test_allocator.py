@@ -70,6 +70,42 @@ def test_twelve_allocating_threads_share_the_arenas_the_limit_allows():
     assert limited == {"applied": True, "arenas": 1}
 
 
+MAIN = """
+import json, os, threading
+import kopf
+from fillprob_operator import __main__ as entry
+
+def run(**_):  # kopf's run, as far as arenas go: threads that allocate
+    started, done = threading.Barrier(13), threading.Event()
+    kept = []
+
+    def work():
+        kept.append([bytearray(2048) for _ in range(50)])
+        started.wait()
+        done.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for t in threads:
+        t.start()
+    started.wait()
+    print(json.dumps({{"arenas": arenas()}}))
+    done.set()
+
+kopf.run = run
+{env}
+entry.main()
+"""
+
+
+def test_the_entry_point_limits_the_arenas_before_kopf_starts_a_thread():
+    """`python -m fillprob_operator` sets the limit before kopf.run: by default twelve threads
+    share one arena beside the main one (set in the startup handler only, the arenas kopf's
+    first threads made were there before it)."""
+    assert run(MAIN.format(env="")) == {"arenas": 1}
+    assert run(MAIN.format(env="os.environ['FILLPROB_MALLOC_ARENAS'] = '1'")) == {"arenas": 0}
+    assert run(MAIN.format(env="os.environ['FILLPROB_MALLOC_ARENAS'] = '0'"))["arenas"] >= 4
+
+
 TRIM = """
 import json
 from fillprob_operator import allocator

@@ -168,3 +168,37 @@ def test_a_cycle_that_dies_while_frozen_is_freed_at_the_next_thaw():
         assert ref() is None  # the thaw's collection freed it
     finally:
         gc.unfreeze()
+
+
+def _full_collections_while_survivors_pile_up() -> int:
+    """How many full collections the collector makes on its own while 200,000 young containers
+    survive into the oldest generation (every few thousand of them a young collection)."""
+    seen: list[int] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            seen.append(2)
+
+    kept: list[list[int]] = []
+    gc.callbacks.append(callback)
+    try:
+        for i in range(200_000):
+            kept.append([i])
+    finally:
+        gc.callbacks.remove(callback)
+    return len(seen)
+
+
+def test_the_collectors_own_full_collections_are_taken_over_and_given_back():
+    gc.collect()
+    assert gc.isenabled()
+    # The collector as the interpreter starts it makes full collections of its own here ...
+    assert _full_collections_while_survivors_pile_up() > 0
+    before = loop_lag.take_over_full_collections()
+    try:
+        assert gc.get_threshold()[:2] == before[:2]  # the young generations as they were
+        # ... and none once keep_frozen has them.
+        assert _full_collections_while_survivors_pile_up() == 0
+    finally:
+        loop_lag.give_back_full_collections(before)
+    assert gc.get_threshold() == before
