@@ -27,6 +27,23 @@ def arenas():
             starts.add(start)
     return len(starts)
 
+def twelve_allocating_threads(report):
+    # Twelve threads allocate from malloc (above pymalloc's 512 bytes); report() while they live.
+    import threading
+    started, done = threading.Barrier(13), threading.Event()
+    kept = []
+
+    def work():
+        kept.append([bytearray(2048) for _ in range(50)])
+        started.wait()
+        done.wait()
+
+    for thread in [threading.Thread(target=work) for _ in range(12)]:
+        thread.start()
+    started.wait()
+    report()
+    done.set()
+
 def rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -42,23 +59,10 @@ def run(program: str) -> dict:
 
 
 THREADS = """
-import json, sys, threading
+import json, sys
 from fillprob_operator import allocator
 applied = allocator.limit_arenas(int(sys.argv[1]) if len(sys.argv) > 1 else {limit})
-started, done = threading.Barrier(13), threading.Event()
-kept = []
-
-def work():
-    kept.append([bytearray(2048) for _ in range(50)])  # above pymalloc's 512 bytes: malloc's
-    started.wait()
-    done.wait()
-
-threads = [threading.Thread(target=work) for _ in range(12)]
-for t in threads:
-    t.start()
-started.wait()
-print(json.dumps({{"applied": applied, "arenas": arenas()}}))
-done.set()
+twelve_allocating_threads(lambda: print(json.dumps({{"applied": applied, "arenas": arenas()}})))
 """
 
 
@@ -71,27 +75,11 @@ def test_twelve_allocating_threads_share_the_arenas_the_limit_allows():
 
 
 MAIN = """
-import json, os, threading
+import json, os
 import kopf
 from fillprob_operator import __main__ as entry
-
-def run(**_):  # kopf's run, as far as arenas go: threads that allocate
-    started, done = threading.Barrier(13), threading.Event()
-    kept = []
-
-    def work():
-        kept.append([bytearray(2048) for _ in range(50)])
-        started.wait()
-        done.wait()
-
-    threads = [threading.Thread(target=work) for _ in range(12)]
-    for t in threads:
-        t.start()
-    started.wait()
-    print(json.dumps({{"arenas": arenas()}}))
-    done.set()
-
-kopf.run = run
+# kopf's run, as far as arenas go: threads that allocate
+kopf.run = lambda **_: twelve_allocating_threads(lambda: print(json.dumps({{"arenas": arenas()}})))
 {env}
 entry.main()
 """
