@@ -32,19 +32,20 @@ class Pacer:
         self._started = 0  # callers gone on in this turn
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._next_turn: asyncio.Handle | None = None
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def turn(self) -> None:
         """At once (without suspending) while this turn has room and no one waits before the
         caller; else in a later turn, after those who waited before it."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop (tests run several): the last one's turns are over
+            self._loop, self._started, self._next_turn = loop, 0, None
+            self._waiting.clear()
         if not self._waiting and self._started < self.per_turn:
             self._started += 1
             self._schedule()
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = loop.create_future()
         self._waiting.append(waiter)
         self._schedule()
         await waiter  # cancelled: the waiter is done, and `_turn` passes it over
@@ -53,7 +54,7 @@ class Pacer:
         """The next turn's start: a callback queued now runs after every callback already
         ready, so in the loop's next turn."""
         if self._next_turn is None:
-            self._next_turn = asyncio.get_running_loop().call_soon(self._turn)
+            self._next_turn = self._loop.call_soon(self._turn)  # type: ignore[union-attr]
 
     def _turn(self) -> None:
         self._next_turn = None

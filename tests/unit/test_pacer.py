@@ -68,3 +68,20 @@ def test_a_caller_cancelled_while_waiting_takes_no_ones_turn():
 def test_a_pacer_needs_room_for_one():
     with pytest.raises(ValueError, match="per_turn: want 1 or more"):
         Pacer(per_turn=0)
+
+
+def test_a_pacer_left_by_a_closed_loop_with_its_turn_full_serves_the_next_loop():
+    pacer = Pacer(per_turn=2)
+
+    async def two() -> None:
+        await pacer.turn()
+        await pacer.turn()  # this turn is full; its end is queued behind the loop's stop
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(two())
+    loop.call_soon(loop.stop)  # the loop's last turn: the task's step, then the stop
+    loop.run_forever()
+    assert task.done()
+    loop.close()
+    went, _ = asyncio.run(asyncio.wait_for(_turns(pacer, 5), 5))
+    assert [i for i, _ in went] == list(range(5))
