@@ -41,13 +41,12 @@ class Pacer:
         if loop is not self._loop:  # another loop (tests run several): the last one's turns are over
             self._loop, self._started, self._next_turn = loop, 0, None
             self._waiting.clear()
+        self._schedule()  # this turn's end: the count starts again, the waiting go on
         if not self._waiting and self._started < self.per_turn:
             self._started += 1
-            self._schedule()
             return
         waiter = loop.create_future()
         self._waiting.append(waiter)
-        self._schedule()
         await waiter  # cancelled: the waiter is done, and `_turn` passes it over
 
     def _schedule(self) -> None:
