@@ -5,9 +5,10 @@
 - then, before kopf looks for the resources it serves, wait until the API server serves
   FillProbRollouts (`until_served`: kopf resolves them once and would otherwise serve none
   after starting beside a down or just-restarted API server);
-- one daemon per FillProbRollout: every `spec.prometheus.interval`, or at once when woken
-  (a spec change, a rollback request, a resolution or circuit-breaker line in a followed pod
-  log), `Reconciler.tick` (observe -> decide -> execute);
+- one daemon per FillProbRollout: every `spec.prometheus.interval`, as soon as the interval's
+  Prometheus answer is here (`Reconciler.until_due`), or at once when woken (a spec change, a
+  rollback request, a resolution or circuit-breaker line in a followed pod log),
+  `Reconciler.tick` (observe -> decide -> execute);
 - no finalizer on the rollouts (`release_finalizers`): the operator owns nothing outside the
   object that garbage collection does not remove, so neither deleting a rollout nor deleting
   its namespace ever waits for the operator (it may be uninstalled); a `DELETED` watch event
@@ -27,7 +28,6 @@ import dataclasses
 import functools
 import gc
 import logging
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,6 +54,7 @@ from .reconciler import (
     DEFAULT_INTERVAL_SECONDS,
     DomainPort,
     Reconciler,
+    TickOutcome,
     Wakeup,
     Wakeups,
     kv,
@@ -328,14 +329,6 @@ async def rollback_requested(namespace: str, name: str, new: Any, memo: kopf.Mem
         memo.wakeups.wake(namespace, name)
 
 
-def first_wait(key: str, interval: float) -> float:
-    """The wait after a daemon's first tick: between a quarter of the interval and all of it,
-    fixed per rollout (a hash of its uid). Never longer than the interval: a tick sooner than
-    due is one more observation, never a later one. 300 daemons started together held the event
-    loop for their ticks' whole burst at every interval (issue 10, loop lag)."""
-    return interval * (0.25 + 0.75 * (zlib.crc32(key.encode()) / 2**32))
-
-
 async def wake_when_stopped(stopped: Any, wake: Wakeup) -> None:
     """For a daemon's lifetime, one task: kopf's stop flag (the rollout deleted, a peering pause,
     the operator exiting) ends its wait for the next tick at once."""
@@ -383,12 +376,11 @@ async def rollout(
     memo.rollouts.add(key)
     memo.owners[key] = uid
     memo.running.add(uid)
-    interval = DEFAULT_INTERVAL_SECONDS
+    outcome = TickOutcome(interval=DEFAULT_INTERVAL_SECONDS)
     gone = False
     # The first tick here reads the rollout directly: another process (a replica that was active,
     # this one before a restart) may have written it last; later ticks may take it from the cache.
     cached = False
-    ticked = False
     woken = False
     stop_watcher = asyncio.create_task(wake_when_stopped(stopped, wake))
     try:
@@ -405,19 +397,20 @@ async def rollout(
                 outcome = await memo.reconciler.tick(
                     namespace, name, cached=cached, seen=memo.wakeups.floor(namespace, name), hurry=wake
                 )
-                interval, gone = outcome.interval, outcome.gone
+                gone = outcome.gone
                 cached = True
             except KubernetesError as exc:
+                outcome = TickOutcome(interval=outcome.interval)
                 logger.warning(kv("tick_failed", namespace=namespace, name=name, error=str(exc)))
             except Exception as exc:
+                outcome = TickOutcome(interval=outcome.interval)
                 logger.exception(kv("tick_failed", namespace=namespace, name=name, error=repr(exc)))
             if gone:
                 break
-            # The interval, a wake-up (a log line, an event), or a stop. The first wait is shorter
-            # by this rollout's own share of it (`first_wait`): daemons kopf starts together (the
-            # operator started, a takeover) then tick spread over the interval, not all at once.
-            woken = await wake.wait(interval if ticked else first_wait(uid or f"{namespace}/{name}", interval))
-            ticked = True
+            # The interval's answer (its next tick is due), a wake-up (a log line, an event), or
+            # a stop. Daemons kopf starts together (the operator started, a takeover) tick at
+            # the same moments from then on, a few per turn (pacer.py).
+            woken = await memo.reconciler.until_due(outcome, wake)
     finally:
         stop_watcher.cancel()
         memo.running.discard(uid)

@@ -48,6 +48,9 @@ GATED_STATES = frozenset({"Verifying", "Observing", "Passed", "RolledBack"})
 # Stored alerts one tick hands to decide(): a flood is taken in bounded bites, oldest first
 # (the domain records each in history and status.requestKeys, both bounded to 100).
 ALERTS_PER_TICK = 50
+# Past an interval bucket's start before its tick asks for the bucket's answer (`until_due`):
+# a timer never takes the previous bucket's for it.
+BOUNDARY_SLACK_SECONDS = 0.005
 # Parses kept, each kind by its input (`Reconciler.parse_spec`, `rollout_selector`,
 # `evaluation_interval`): one per rollout, and room for the changes.
 PARSES_REMEMBERED = 4096
@@ -335,6 +338,8 @@ class TickOutcome:
     gone: bool = False
     phase: str = ""
     state: str = ""
+    # (url, selector) the tick asked Prometheus with; None: it did not get that far.
+    prometheus: tuple[str, Selector] | None = None
 
 
 class Reconciler:
@@ -523,7 +528,26 @@ class Reconciler:
         )
         if result.status_refused is None:  # else the executor said what ran (status_not_written)
             self._log_transition(namespace, name, raw_status, new, result, timings)
-        return TickOutcome(interval, phase=phase, state=state)
+        return TickOutcome(interval, phase=phase, state=state, prometheus=(url, selector))
+
+    async def until_due(self, outcome: TickOutcome, wake: Wakeup) -> bool:
+        """Until the rollout's next interval tick is due, or `wake` is set first: whether it was.
+
+        Due: when the next interval bucket's Prometheus answer is here (`gateway.answer`), at
+        most one interval after the bucket begins. Every rollout of a URL and interval thus
+        decides right after the answer its tick reads, rather than at its own moment in the
+        interval (up to one interval later): a Prometheus-only no-go waits for the next query and
+        no more (issue 10: within interval + scrape interval + 1 s). The ticks that come due
+        together start a few per turn of the loop (pacer.py), and none holds its rollout while
+        the answer is fetched. A tick that did not ask Prometheus waits one interval."""
+        interval = outcome.interval
+        if outcome.prometheus is None:
+            return await wake.wait(interval)
+        url, selector = outcome.prometheus
+        to_boundary = interval - self.clock.now().timestamp() % interval + BOUNDARY_SLACK_SECONDS
+        if await wake.wait(to_boundary):
+            return True
+        return await wake.wait_or(self.gateway.answer(url, interval, self.clock.now(), selector, limit=interval))
 
     async def _observe_metrics(
         self, namespace: str, name: str, deployment: Any, url: str, interval: float, now: datetime,

@@ -381,6 +381,42 @@ def test_the_interval_ticks_wait_for_their_turn_and_a_woken_one_does_not(world):
     asyncio.run(scenario())
 
 
+def test_the_interval_tick_comes_when_the_next_buckets_answer_is_here_not_before(world):
+    """Every rollout of a URL decides right after the answer it reads (Reconciler.until_due):
+    at the bucket's start the daemon asks for the answer, holding nothing, and ticks once it is
+    here; a PrometSheus-only no-go then waits for the next query, not also for the rollout's own
+    moment in the interval."""
+    cluster, clock, prometheus, decide, memo = world
+    clock.advance(30 - 0.5)  # half a second before the next 30 s bucket begins
+    waits, until_due = [], memo.reconciler.until_due
+
+    async def waiting(outcome, wake):
+        waits.append(clock.now())
+        return await until_due(outcome, wake)
+
+    memo.reconciler.until_due = waiting
+
+    async def scenario():
+        stopped = FakeStopped()
+        daemon = asyncio.create_task(handlers.rollout(namespace=NS, name=NAME, memo=memo, stopped=stopped))
+        await until(lambda: waits)  # the first tick is over
+        assert len(decide.seen) == 1
+        asked = sum(prometheus.calls.values())
+        prometheus.answering.clear()  # Prometheus slow to answer the next bucket's queries
+        clock.advance(0.5)  # (the daemon's timer to the boundary: about half a second)
+        await until(lambda: sum(prometheus.calls.values()) > asked)  # the bucket's fetch, asked for...
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert len(decide.seen) == 1  # ...by no tick: the tick waits for the answer
+        prometheus.answering.set()
+        await until(lambda: len(decide.seen) == 2)
+        assert decide.seen[1][1].metrics.queried_at == clock.now()  # the new bucket's answer
+        stopped.set(kopf.DaemonStoppingReason.RESOURCE_DELETED)
+        await asyncio.wait_for(daemon, 5)
+
+    asyncio.run(scenario())
+
+
 def test_daemon_survives_an_unreachable_api_server(world):
     cluster, clock, prometheus, decide, memo = world
     from kubernetes.client.exceptions import ApiException

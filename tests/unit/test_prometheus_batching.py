@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 from promql_reading import in_answer, read_query
@@ -89,11 +90,12 @@ class CountingPrometheus:
         return [series for series in result if in_answer(arms, series["metric"])]
 
 
-def make_gateway(counted, *, clock=None, metrics=None):
+def make_gateway(counted, *, clock=None, metrics=None, executor=None):
     return PrometheusGateway(
         connect=lambda url: CountingPrometheus(url, counted),
         lookback="1m",
         timeout=5,
+        executor=executor,
         metrics=metrics,
         clock=clock or FixedClock(T0),
     )
@@ -349,5 +351,66 @@ def test_a_caller_that_must_not_wait_gets_the_newest_answer_while_this_buckets_i
         waited = await asyncio.wait_for(gateway.observe(URL, 30, later, selector(0), rollout=("r", 0)), 5)
         assert waited.queried_at == later
         assert sum(counted.calls.values()) - asked == len(BASES)
+
+    asyncio.run(scenario())
+
+
+def test_the_daemons_waiting_for_a_buckets_answer_start_one_fetch_and_go_on_when_it_is_here():
+    counted = Counted()
+    clock = FixedClock(T0 + timedelta(seconds=1))
+    gateway = make_gateway(counted, clock=clock)
+
+    async def scenario():
+        for i in range(N):  # every rollout's last tick registered its selector
+            await gateway.observe(URL, 30, clock.at, selector(i), rollout=("r", i))
+        assert gateway.answer(URL, 30, clock.at, selector(0), limit=30).done()  # this bucket's is here
+        asked = sum(counted.calls.values())
+        # The next bucket: 200 daemons ask for its answer in one turn, Prometheus slow to answer.
+        counted.release.clear()
+        clock.at = T0 + timedelta(seconds=31)
+        waits = [gateway.answer(URL, 30, clock.at, selector(i), limit=30) for i in range(N)]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not any(w.done() for w in waits)  # not before the answer is here
+        counted.release.set()
+        await asyncio.wait_for(asyncio.gather(*waits), 5)
+        assert sum(counted.calls.values()) - asked == len(BASES)  # one fetch for all of them
+        # ...which covers every registered rollout: their ticks take it without waiting.
+        assert all(gateway.answered(URL, 30, clock.at, selector(i)) for i in range(N))
+        # An answer that failed ends the wait too (the tick reads "unreachable", no data).
+        counted.fail = True
+        clock.at = T0 + timedelta(seconds=61)
+        await asyncio.wait_for(gateway.answer(URL, 30, clock.at, selector(0), limit=30), 5)
+        seen = await gateway.observe(URL, 30, clock.at, selector(0), rollout=("r", 0))
+        assert (seen.available, seen.reason) == (False, "PrometheusUnreachable")
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_for_an_answer_ends_at_its_limit_and_an_older_buckets_answer_does_not_end_it():
+    counted = Counted()
+    clock = FixedClock(T0 + timedelta(seconds=1))
+    # Threads for the held queries and the others (the default pool has 6 on two cores).
+    gateway = make_gateway(counted, clock=clock, executor=ThreadPoolExecutor(max_workers=2 * len(BASES) + 2))
+
+    async def scenario():
+        await gateway.observe(URL, 30, clock.at, selector(0), rollout=("r", 0))
+        asked = sum(counted.calls.values())
+        stuck = counted.release
+        stuck.clear()  # the next bucket's queries are held...
+        later = gateway.answer(URL, 30, T0 + timedelta(seconds=31), selector(0), limit=1.0)
+        for _ in range(500):
+            if sum(counted.calls.values()) - asked == len(BASES):
+                break
+            await asyncio.sleep(0.01)
+        assert sum(counted.calls.values()) - asked == len(BASES)
+        counted.release = threading.Event()  # ...and the later ones are not
+        counted.release.set()
+        # A top-up of the older bucket (a new rollout) is stored meanwhile: not the answer awaited.
+        await gateway.observe(URL, 30, clock.at, selector(1), rollout=("r", 1))
+        await asyncio.sleep(0.05)
+        assert not later.done()
+        await asyncio.wait_for(later, 3)  # its limit: the tick goes on (and waits in itself)
+        stuck.set()
 
     asyncio.run(scenario())

@@ -94,16 +94,3 @@ def test_wakeups_keep_one_per_rollout_until_dropped():
     assert wakeups.event("ns", "a").is_set() and not wakeups.event("ns", "b").is_set()
     wakeups.drop("ns", "a")
     assert not wakeups.event("ns", "a").is_set()
-
-
-def test_the_first_wait_spreads_daemons_started_together_over_the_interval():
-    from fillprob_operator.handlers import first_wait
-
-    waits = [first_wait(f"uid-{i}", 2.0) for i in range(300)]
-    assert all(0.5 <= w <= 2.0 for w in waits)  # never later than the interval
-    assert first_wait("uid-7", 2.0) == first_wait("uid-7", 2.0)  # fixed per rollout
-    # Spread: no tenth of the span holds more than twice its share of the 300 daemons.
-    slices = [0] * 10
-    for w in waits:
-        slices[min(9, int((w - 0.5) / 1.5 * 10))] += 1
-    assert max(slices) <= 60, slices

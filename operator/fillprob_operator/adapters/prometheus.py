@@ -308,10 +308,13 @@ class PrometheusGateway:
         self._snapshots: dict[tuple[str, float], tuple[int, tuple[Snapshot, ...]]] = {}
         self._locks: dict[tuple[str, float, int], asyncio.Lock] = {}
         self._registered: dict[Hashable, _Registration] = {}
-        self._behind: set[asyncio.Task[Snapshot]] = set()  # fetches no tick waits for (`snapshot`)
+        # Fetches no tick waits for (`snapshot`, `answer`), each with its (url, interval, bucket).
+        self._behind: dict[asyncio.Task[Snapshot], tuple[str, float, int]] = {}
+        # (url, interval) -> (bucket, future) of the daemons waiting for that bucket's answer.
+        self._awaited: dict[tuple[str, float], list[tuple[int, asyncio.Future[None]]]] = {}
 
     def close(self) -> None:
-        for task in self._behind:
+        for task in list(self._behind):
             task.cancel()
         for client in self._clients.values():
             close = getattr(client, "close", None)
@@ -365,9 +368,42 @@ class PrometheusGateway:
                 self._snapshots[(url, interval)] = (bucket, (snapshot,))
             else:
                 self._snapshots[(url, interval)] = (stored[0], stored[1] + (snapshot,))
+            self._arrived(url, interval, max(bucket, stored[0] if stored is not None else bucket))
         for key in [k for k in self._locks if k[:2] == (url, interval) and k[2] < bucket]:
             del self._locks[key]
         return snapshot
+
+    def answer(
+        self, url: str, interval_seconds: float, now: datetime, selector: Selector, *, limit: float
+    ) -> asyncio.Future[None]:
+        """Done when `now`'s bucket has its answer here (at once if one covering `selector` is),
+        or after `limit` seconds, whichever comes first; the bucket's fetch is started if none
+        is under way. Never fails. For a daemon whose interval tick waits for its interval's
+        answer rather than for Prometheus inside the tick (handlers.py, `Reconciler.until_due`):
+        the rollouts of a URL then decide as soon as the answer is here, and hold nothing while
+        it is fetched. An answer that does not cover `selector` (it was not registered when the
+        fetch began) ends the wait too: the tick asks for its top-up itself."""
+        interval, bucket = _bucket(interval_seconds, now)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._cached(url, interval, bucket, selector) is not None:
+            future.set_result(None)
+            return future
+        self._fetch_behind(url, interval, now, selector, bucket)
+        self._awaited.setdefault((url, interval), []).append((bucket, future))
+        timer = loop.call_later(max(0.0, limit), _resolve, future)
+        future.add_done_callback(lambda _: timer.cancel())
+        return future
+
+    def _arrived(self, url: str, interval: float, bucket: int) -> None:
+        """An answer of `bucket` is stored: the daemons waiting for it or an older one go on."""
+        waiting = self._awaited.pop((url, interval), [])
+        later = [(b, future) for b, future in waiting if b > bucket and not future.done()]
+        for b, future in waiting:
+            if b <= bucket:
+                _resolve(future)
+        if later:
+            self._awaited[(url, interval)] = later
 
     def answered(self, url: str, interval_seconds: float, now: datetime, selector: Selector) -> bool:
         """Whether `snapshot` would answer at once: this bucket's answer covering `selector` is
@@ -383,16 +419,19 @@ class PrometheusGateway:
         return next((s for s in reversed(stored[1]) if selector in s.covered), None)
 
     def _fetch_behind(self, url: str, interval: float, now: datetime, selector: Selector, bucket: int) -> None:
-        """This bucket's answer fetched in a task of its own, unless a fetch of it is under way."""
-        lock = self._locks.get((url, interval, bucket))
-        if lock is not None and lock.locked():
+        """This bucket's answer fetched in a task of its own, unless a fetch of it is under way
+        (or a task for it is started and has not taken the lock yet: 300 daemons asking in one
+        turn start one)."""
+        key = (url, interval, bucket)
+        lock = self._locks.get(key)
+        if (lock is not None and lock.locked()) or key in self._behind.values():
             return
         task = asyncio.get_running_loop().create_task(self.snapshot(url, interval, now, selector))
-        self._behind.add(task)
+        self._behind[task] = key
         task.add_done_callback(self._fetched_behind)
 
     def _fetched_behind(self, task: asyncio.Task[Snapshot]) -> None:
-        self._behind.discard(task)
+        self._behind.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("event=prometheus_fetch_failed error=%r", exc)
 
@@ -473,6 +512,11 @@ class PrometheusGateway:
             if self._metrics is not None:
                 self._metrics.prometheus_queries.labels(url, result).inc()
                 self._metrics.prometheus_query_seconds.observe(time.monotonic() - started)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def connect_prometheus(timeout: float, pool_size: int = 10) -> Callable[[str], QueryClient]:
