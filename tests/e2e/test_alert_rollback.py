@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.parse
 from datetime import datetime, timezone
 
 import pytest
@@ -31,6 +32,24 @@ ALERT = "FillProbCircuitBreakerTripped"
 def reload(url: str) -> None:
     status, text = http("POST", f"{url}/-/reload")
     assert status == 200, f"POST {url}/-/reload: {status} {text}"
+
+
+def alert_path(testbed, env) -> str:
+    """Where an alert that never reached the webhook stopped: the trip counter's samples as
+    Prometheus has them, the rule's state, and the alerts Alertmanager holds."""
+    query = f'grinder_router_fill_prob_cb_trips_total{{namespace="{env.namespace}"}}[2m]'
+    found = []
+    for what, url in (
+        ("the trip counter", f"{testbed.prometheus_url}/api/v1/query?query={urllib.parse.quote(query)}"),
+        ("Prometheus' alerts", f"{testbed.prometheus_url}/api/v1/alerts"),
+        ("Alertmanager's alerts", f"{testbed.alertmanager_url}/api/v2/alerts"),
+    ):
+        try:
+            status, answer = http("GET", url)
+            found.append(f"{what}: {status} {json.dumps(answer)[:2000]}")
+        except Exception as exc:  # a diagnosis must not hide the failure it explains
+            found.append(f"{what}: {exc!r}")
+    return "\n".join(found)
 
 
 @pytest.fixture
@@ -101,7 +120,7 @@ def hold(what: str, probe, seconds: float) -> None:
         time.sleep(0.5)
 
 
-def test_cb_trip_alert_rolls_back_canary_through_the_webhook(release: ChartRelease, alert_routing):
+def test_cb_trip_alert_rolls_back_canary_through_the_webhook(release: ChartRelease, alert_routing, testbed):
     release.install()
     env = release.env()
     body = env.apply_grinder()
@@ -144,7 +163,10 @@ def test_cb_trip_alert_rolls_back_canary_through_the_webhook(release: ChartRelea
         return any(str((h.get("evidence") or {}).get("requestKey", "")).startswith("alert:")
                    for h in s.get("history", []))
 
-    st = wait_rollout(env, release, "the alert taken (a history entry with its request key)", alert_taken, 120)
+    try:
+        st = wait_rollout(env, release, "the alert taken (a history entry with its request key)", alert_taken, 120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{alert_path(testbed, env)}") from None
     print(f"CB trip -> Prometheus rule -> Alertmanager -> webhook -> taken: {time.monotonic() - tripped:.1f}s")
     assert st["lastRollback"]["playbook"] == "R1"
     assert st["lastRollback"]["reason"] == "CircuitBreakerTripped"
