@@ -411,6 +411,7 @@ def test_a_wait_for_an_answer_ends_at_its_limit_and_an_older_buckets_answer_does
         await asyncio.sleep(0.05)
         assert not later.done()
         await asyncio.wait_for(later, 3)  # its limit: the tick goes on (and waits in itself)
+        assert gateway._awaited == {}  # and nothing is left behind for it
         stuck.set()
 
     asyncio.run(scenario())

@@ -390,10 +390,21 @@ class PrometheusGateway:
             future.set_result(None)
             return future
         self._fetch_behind(url, interval, now, selector, bucket)
-        self._awaited.setdefault((url, interval), []).append((bucket, future))
-        timer = loop.call_later(max(0.0, limit), _resolve, future)
+        entry = (bucket, future)
+        self._awaited.setdefault((url, interval), []).append(entry)
+        timer = loop.call_later(max(0.0, limit), self._gave_up, (url, interval), entry)
         future.add_done_callback(lambda _: timer.cancel())
         return future
+
+    def _gave_up(self, key: tuple[str, float], entry: tuple[int, asyncio.Future[None]]) -> None:
+        """A wait reached its limit: it ends, and leaves the list (a fetch that never stores an
+        answer must not grow it interval after interval)."""
+        _resolve(entry[1])
+        waiting = self._awaited.get(key)
+        if waiting is not None and entry in waiting:
+            waiting.remove(entry)
+            if not waiting:
+                del self._awaited[key]
 
     def _arrived(self, url: str, interval: float, bucket: int) -> None:
         """An answer of `bucket` is stored: the daemons waiting for it or an older one go on."""
