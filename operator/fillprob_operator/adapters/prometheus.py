@@ -368,7 +368,7 @@ class PrometheusGateway:
                 self._snapshots[(url, interval)] = (bucket, (snapshot,))
             else:
                 self._snapshots[(url, interval)] = (stored[0], stored[1] + (snapshot,))
-            self._arrived(url, interval, max(bucket, stored[0] if stored is not None else bucket))
+            self._arrived(url, interval, self._snapshots[(url, interval)][0])
         for key in [k for k in self._locks if k[:2] == (url, interval) and k[2] < bucket]:
             del self._locks[key]
         return snapshot
